@@ -1,0 +1,90 @@
+"""Evaluation: N episodes in the dataset's Gymnasium env, all stepped in one process with one batched,
+jitted policy call per step (measured faster on 2 cores than vector-env worker processes)."""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ipdrl import envs
+from ipdrl.training import Params, Policy
+
+_JITTED: dict[Any, Any] = {}
+
+
+def _jit(fn):
+    if fn not in _JITTED:
+        _JITTED[fn] = jax.jit(fn, static_argnums=())
+    return _JITTED[fn]
+
+
+def evaluate(
+    policy: Policy,
+    params: Params,
+    env_id: str,
+    episodes: int = 10,
+    seed: int = 10_000,
+    dataset_name: str | None = None,
+    max_steps: int | None = None,
+) -> dict[str, Any]:
+    """Run ``episodes`` episodes in lockstep; returns raw and normalised returns with the reference table named.
+
+    Environment ``i`` is reset with seed ``seed + i``: keep ``seed`` apart from training seeds.
+    """
+    env_list = [envs.make_env(env_id) for _ in range(episodes)]
+    obs_dim = int(np.prod(env_list[0].observation_space.shape))
+    limit = max_steps or env_list[0].spec.max_episode_steps or 1000
+    obs = np.stack([env.reset(seed=seed + i)[0] for i, env in enumerate(env_list)]).astype(np.float32)
+    assert obs.shape[1] == obs_dim
+    act = _jit(policy.act)
+    carry = jax.jit(policy.init_carry, static_argnums=1)(params, episodes)
+    returns = np.zeros(episodes)
+    lengths = np.zeros(episodes, dtype=np.int64)
+    done = np.zeros(episodes, dtype=bool)
+    prev_reward = np.zeros(episodes, dtype=np.float32)
+    key = jax.random.PRNGKey(seed)
+    low, high = env_list[0].action_space.low, env_list[0].action_space.high
+    started = time.perf_counter()
+    for _ in range(limit):
+        key, act_key = jax.random.split(key)
+        carry, actions = act(params, carry, jnp.asarray(obs), jnp.asarray(prev_reward), act_key)
+        actions = np.asarray(actions)
+        if not np.all(np.isfinite(actions)):
+            raise FloatingPointError("the policy produced NaN/inf actions during evaluation; the checkpoint is broken.")
+        for i, env in enumerate(env_list):
+            if done[i]:
+                continue
+            next_obs, reward, terminated, truncated, _ = env.step(np.clip(actions[i], low, high))
+            returns[i] += reward
+            lengths[i] += 1
+            prev_reward[i] = reward
+            obs[i] = next_obs
+            done[i] = terminated or truncated
+        if done.all():
+            break
+    for env in env_list:
+        env.close()
+    name = dataset_name or env_id
+    normalized = envs.normalized_score(name, returns)
+    result: dict[str, Any] = {
+        "env": env_id,
+        "episodes": episodes,
+        "eval_seed": seed,
+        "returns": returns.tolist(),
+        "lengths": lengths.tolist(),
+        "return_mean": float(returns.mean()),
+        "return_std": float(returns.std()),
+        "seconds": time.perf_counter() - started,
+    }
+    if normalized is not None:
+        result.update(
+            normalized_scores=np.asarray(normalized).tolist(),
+            normalized_mean=float(np.mean(normalized)),
+            normalized_std=float(np.std(normalized)),
+            reference_table=envs.REFERENCE_TABLE,
+        )
+    return result

@@ -1,0 +1,127 @@
+"""The shared training loop, run directories, envs and CLI."""
+
+from __future__ import annotations
+
+import json
+
+import jax
+import numpy as np
+import pytest
+
+from conftest import synthetic_dataset
+from ipdrl import envs
+from ipdrl.algos import iql
+from ipdrl.runs import Run, atomic_write_bytes
+from ipdrl.training import fit
+
+
+def tiny_iql(dataset, **changes):
+    config = iql.Config(hidden_dims=(16, 16), batch_size=32, steps=40, log_every=10, **changes)
+    return config, iql.make_learner(config, dataset)
+
+
+def leaves_equal(a, b) -> bool:
+    return all(np.array_equal(x, y) for x, y in zip(jax.tree_util.tree_leaves(a), jax.tree_util.tree_leaves(b)))
+
+
+def test_fit_is_deterministic_and_resume_is_exact(tmp_path):
+    dataset = synthetic_dataset()
+    config, learner = tiny_iql(dataset)
+    full = fit(learner, 40, seed=3, log_every=10)
+    again = fit(learner, 40, seed=3, log_every=10)
+    assert leaves_equal(full, again)
+
+    run = Run.create(tmp_path / "run", {"algo": "iql"})
+    half = fit(learner, 20, seed=3, log_every=10)
+    run.save_checkpoint(half, 20)
+    restored, step = run.load_checkpoint(learner.init(jax.random.PRNGKey(0)))
+    resumed = fit(learner, 40, seed=3, log_every=10, state=restored, start_step=step)
+    assert step == 20 and leaves_equal(full, resumed)
+    other_seed = fit(learner, 40, seed=4, log_every=10)
+    assert not leaves_equal(full, other_seed)
+
+
+def test_fit_reports_divergence():
+    dataset = synthetic_dataset()
+    dataset = dataset.replace(rewards=np.full_like(dataset.rewards, 1e30))
+    config, learner = tiny_iql(dataset, reward_mode="none")
+    with pytest.raises(FloatingPointError, match="diverged"):
+        fit(learner, 40, seed=0, log_every=10)
+
+
+def test_run_directory_resume_rules_and_metrics(tmp_path):
+    run = Run.create(tmp_path / "r", {"algo": "iql", "seed": 0})
+    for step in (10, 20, 30):
+        run.log_metrics(step, {"train/loss": step / 10})
+    run.truncate_metrics(20)
+    assert [r["step"] for r in run.metrics()] == [10, 20]
+    assert (tmp_path / "r" / "metrics.csv").read_text().splitlines()[0] == "step,train/loss"
+    assert run.plot().exists()
+    with pytest.raises(FileExistsError, match="--resume"):
+        Run.create(tmp_path / "r", {"algo": "iql", "seed": 0})
+    with pytest.raises(ValueError, match="differs"):
+        Run.create(tmp_path / "r", {"algo": "iql", "seed": 1}, resume=True)
+    Run.create(tmp_path / "r", {"algo": "iql", "seed": 0}, resume=True)
+
+
+def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
+    dataset = synthetic_dataset()
+    _, learner = tiny_iql(dataset)
+    run = Run.create(tmp_path / "r", {"algo": "iql"})
+    state = learner.init(jax.random.PRNGKey(0))
+    run.save_checkpoint(state, 5)
+    (tmp_path / "r" / "checkpoint.msgpack").write_bytes(b"\x00garbage")
+    with pytest.raises(ValueError, match="corrupt"):
+        run.load_checkpoint(state)
+
+
+def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
+    target = tmp_path / "f.bin"
+    atomic_write_bytes(target, b"old")
+
+    def disk_full(fd):
+        raise OSError("disk full")
+
+    monkeypatch.setattr("os.fsync", disk_full)
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write_bytes(target, b"new")
+    assert target.read_bytes() == b"old"
+    assert [p.name for p in tmp_path.iterdir()] == ["f.bin"]
+
+
+def test_envs_names_scores_and_dims():
+    assert envs.env_id_for("hopper-medium-replay-v2") == "Hopper-v5"
+    assert envs.env_id_for("x", {"env": "HalfCheetah-v5"}) == "HalfCheetah-v5"
+    assert envs.normalized_score("hopper-medium", 3234.3) == pytest.approx(100.0)
+    assert envs.normalized_score("kitchen-complete-v0", 2.0) == pytest.approx(50.0)
+    with pytest.raises(ValueError, match="--env"):
+        envs.env_id_for("mystery-data")
+    env = envs.make_env("Hopper-v5")
+    with pytest.raises(ValueError, match="observation dim 17"):
+        envs.check_dims(env, 17, 6, "dataset 'walker'")
+    with pytest.raises(ValueError, match="cannot make"):
+        envs.make_env("NoSuchEnv-v9")
+
+
+def test_known_termination_functions_match_gymnasium():
+    env = envs.make_env("Hopper-v5", seed=0)
+    done_fn = envs.termination_fn("hopper")
+    obs, _ = env.reset(seed=0)
+    for _ in range(200):
+        obs, _, terminated, truncated, _ = env.step(env.action_space.sample())
+        assert bool(done_fn(obs[None])[0]) == terminated
+        if terminated or truncated:
+            obs, _ = env.reset()
+
+
+def test_cli_lists_commands_and_rejects_unknown(capsys):
+    from ipdrl.cli import main
+
+    assert main(["--help"]) == 0
+    assert "ipdrl train" in capsys.readouterr().out
+    assert main(["frobnicate"]) == 2
+    with pytest.raises(SystemExit) as exit_info:
+        main(["train", "--algo", "iql", "--help"])
+    assert exit_info.value.code == 0
+    help_text = capsys.readouterr().out
+    assert "--expectile" in help_text and "--temperature" in help_text and "--steps" in help_text
