@@ -236,10 +236,9 @@ class SACTrainer:
 
     def _load(self, template: dict):
         meta = json.loads((self.work_dir / "progress.json").read_text())
-        saved = dict(meta["config"], resume=self.config.resume, progress=self.config.progress, output=self.config.output)
         mine = json.loads(json.dumps(dataclasses.asdict(self.config)))
-        if saved != mine:
-            changed = sorted(k for k in mine if saved.get(k) != mine[k])
+        changed = sorted(k for k in mine if meta["config"].get(k) != mine[k] and k not in _RESUME_FREE)
+        if changed:
             raise ValueError(f"cannot resume from {self.work_dir}: settings differ in {changed}. Use the same "
                              f"settings, or delete the work directory to start over.")
         state = flax.serialization.from_bytes(template, (self.work_dir / "sac.msgpack").read_bytes())
@@ -302,6 +301,9 @@ class SACTrainer:
         self._save(state, recorder, step, rng, evaluations, medium, reached)
         return TrainingOutcome(state, replay, medium, reached, evaluations)
 
+
+# Settings that only say when to stop or where to write: a resumed run may change them.
+_RESUME_FREE = {"resume", "progress", "output", "level", "threshold", "max_sac_steps", "expert_steps", "transitions"}
 
 _BATCH_COLUMNS = {"observations": "observations", "actions": "actions", "rewards": "rewards",
                   "next_observations": "next_observations", "dones": "terminals"}
