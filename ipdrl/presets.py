@@ -37,14 +37,21 @@ def overrides(module: ModuleType, dataset: str, budget: str) -> dict[str, Any]:
     if budget not in BUDGET_NAMES:
         raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGET_NAMES)}.")
     merged: dict[str, Any] = dict(COMMON_BUDGETS[budget])
-    merged.update(getattr(module, "BUDGETS", {}).get(budget, {}))
+    _merge(merged, getattr(module, "BUDGETS", {}).get(budget, {}))
     presets = getattr(module, "PRESETS", {})
     key = dataset_key(dataset)
     family = envs.family_of(key)
     if family is not None:
-        merged.update(presets.get(family.name, {}))
-    merged.update(presets.get(key, {}))
+        _merge(merged, presets.get(family.name, {}))
+    _merge(merged, presets.get(key, {}))
     return merged
+
+
+def _merge(merged: dict[str, Any], table: dict[str, Any]) -> None:
+    """Update ``merged`` with ``table``; dict values (nested stage settings, e.g. IPD's ``iql``) merge key by key."""
+    for name, value in table.items():
+        both_dicts = isinstance(value, dict) and isinstance(merged.get(name), dict)
+        merged[name] = {**merged[name], **value} if both_dicts else value
 
 
 def make_config(module: ModuleType, dataset: str, budget: str = "cpu", **changes: Any):

@@ -186,3 +186,20 @@ def make_learner(config: Config, dataset: Dataset) -> Learner:
         policy=stateless_policy(act),
         policy_params=lambda state: {"actor": state["actor"], "obs_stats": state["obs_stats"]},
     )
+
+
+# ---- presets ------------------------------------------------------------------------------------------------
+# "cpu": about 10 minutes on one core of the 2-core development machine (measured ~115 updates/s, hopper).
+BUDGETS = {
+    "tiny": dict(hidden_dims=(32, 32), batch_size=64),
+    "cpu": dict(steps=70_000),
+    "paper": dict(steps=1_000_000),
+}
+# The official IQL settings per domain: locomotion, AntMaze (sparse reward shifted by -1), Kitchen and Adroit.
+_DEXTEROUS = dict(expectile=0.7, temperature=0.5, dropout=0.1, reward_mode="none")
+PRESETS = {
+    **{env: dict(expectile=0.7, temperature=3.0, reward_mode="locomotion")
+       for env in ("halfcheetah", "hopper", "walker2d", "ant")},
+    "antmaze": dict(expectile=0.9, temperature=10.0, reward_mode="antmaze"),
+    **{domain: dict(_DEXTEROUS) for domain in ("kitchen", "pen", "hammer", "door", "relocate")},
+}

@@ -1,0 +1,290 @@
+"""Update throughput of ipdrl's learners, their FLOP utilisation, and the same algorithms in d3rlpy on the same data.
+
+    python benchmarks/speed.py [--algos iql td3bc rebrac bc dt] [--seconds 10] [--skip-d3rlpy]
+                               [--dataset PATH] [--threads 0|1]
+
+For every algorithm (published network sizes and batch sizes: each Config's defaults):
+
+- ``upd/s``: updates per second of the jitted, scan-fused chunk that training runs (``ipdrl.training``), batch
+  sampling on device included; compilation excluded; the median over chunks of about ``--seconds / 5`` each.
+- ``MFLOP/upd``: XLA's cost analysis of one compiled update (sampling + update; XLA counts a scan body once, so
+  the chunk is not used). A ``lax.cond`` counts as its costlier branch, so for learners whose actor runs every
+  ``policy_freq`` steps (TD3+BC, ReBRAC) both branches are costed and averaged accordingly.
+- ``GFLOP/s`` and ``%peak``: achieved rate (XLA counts elementwise work too, so an update whose matmuls run at
+  the peak shows slightly over 100%) against this machine's float32 matmul peak, measured in the same run
+  (chained, jitted 2048x2048 ``jnp.dot`` in subprocesses, before and after our timings, the better kept: pinned
+  to one core with XLA's intra-op threading off, and with every core).
+
+Then d3rlpy 2.8.1 (PyTorch) runs the same algorithms (IQL, TD3+BC, ReBRAC, BC, DecisionTransformer) on the same
+dataset and batch sizes in its own virtualenv, ``.bench-venv/d3rlpy`` in the repository (created on first use:
+``pip install torch==2.13.0`` — the CPU build — then ``pip install d3rlpy==2.8.1``, which pins gymnasium 1.0.0,
+hence the separate environment). ``benchmarks/d3rlpy_worker.py`` times d3rlpy's own ``sample_*_batch`` +
+``update`` after a warm-up (dataset construction excluded); the table shows its rate with and without the
+batch sampling, and ours / d3rlpy with sampling on both sides.
+
+``--threads 1`` pins ours and d3rlpy to one core each (XLA intra-op threading off, one torch thread) and
+compares against the one-core peak; the default uses every core, as training does. The default dataset is
+hopper-medium-replay from the shared datasets folder. Run it on an otherwise idle machine: every number here is
+wall-clock time, and PyTorch's thread pool in particular collapses when its cores are shared.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import importlib.util
+import json
+import os
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+REPO = Path(__file__).resolve().parents[1]
+ORIGINAL_ENV = dict(os.environ)
+ALL_CORES = os.sched_getaffinity(0)
+VENV = REPO / ".bench-venv" / "d3rlpy"
+WORKER = Path(__file__).resolve().parent / "d3rlpy_worker.py"
+DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "hopper-medium-replay.hdf5"
+ALGOS = ("iql", "td3bc", "rebrac", "bc", "dt")
+D3RLPY_PINS = ("torch==2.13.0", "d3rlpy==2.8.1")
+# Config fields passed on to the d3rlpy worker so that it builds networks of the same sizes.
+WORKER_SETTINGS = ("hidden_dims", "context_length", "embed_dim", "num_layers", "num_heads")
+
+
+# ---- threads and machine peak ------------------------------------------------------------------------------
+def use_one_core() -> None:
+    """Pin this process to one core with XLA's intra-op threading off; call before jax is imported."""
+    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
+    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
+
+
+def peak_worker() -> None:
+    """Print the best float32 GFLOP/s of chained, jitted 2048x2048 matmuls (run in a fresh process)."""
+    import jax
+    import jax.numpy as jnp
+
+    n, reps = 2048, 4
+    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
+    b = jax.random.normal(jax.random.PRNGKey(1), (n, n))
+
+    @jax.jit
+    def chain(a, b):
+        for _ in range(reps):
+            a = jnp.dot(a, b) * (1.0 / n)
+        return a
+
+    jax.block_until_ready(chain(a, b))
+    times = []
+    for _ in range(8):
+        start = time.perf_counter()
+        jax.block_until_ready(chain(a, b))
+        times.append(time.perf_counter() - start)
+    print(2 * n**3 * reps / min(times) / 1e9)
+
+
+def matmul_peak(threads: int) -> float:
+    """Float32 matmul GFLOP/s of this machine with ``threads`` (1: one pinned core; 0: all cores)."""
+    command = [sys.executable, __file__, "--peak-worker", "--threads", str(threads)]
+    # A fresh process with this one's original settings (not its own pinning), on every core unless told.
+    out = subprocess.run(command, check=True, capture_output=True, text=True, env=dict(ORIGINAL_ENV, JAX_PLATFORMS="cpu"),
+                         preexec_fn=lambda: os.sched_setaffinity(0, ALL_CORES))
+    return float(out.stdout.strip().splitlines()[-1])
+
+
+# ---- ours ------------------------------------------------------------------------------------------------------
+def algorithm_config(algo: str, dataset_path: str):
+    from ipdrl.algos import get_algorithm
+
+    module = get_algorithm(algo)
+    return module, module.Config(dataset=dataset_path, progress=False)
+
+
+@contextlib.contextmanager
+def cond_takes(branch: int | None):
+    """Trace ``jax.lax.cond`` as only its true (1) or false (0) branch, to cost each separately."""
+    import jax
+
+    original = jax.lax.cond
+    if branch is not None:
+        jax.lax.cond = lambda pred, true_fn, false_fn, *ops: (true_fn if branch else false_fn)(*ops)
+    try:
+        yield
+    finally:
+        jax.lax.cond = original
+
+
+def flops_per_update(learner, state, fields, key, actor_every: int) -> float:
+    """Expected XLA-counted FLOPs of one sample + update, with conditional actor steps weighted 1/actor_every."""
+    import jax
+
+    def step(state, fields, key):
+        sample_key, update_key = jax.random.split(key)
+        return learner.update(state, learner.sample(fields, sample_key), update_key)
+
+    def cost(branch):
+        with cond_takes(branch):
+            analysis = jax.jit(step).lower(state, fields, key).compile().cost_analysis()
+        analysis = analysis[0] if isinstance(analysis, list) else analysis
+        return float(analysis["flops"])
+
+    if actor_every <= 1:
+        return cost(None)
+    with_actor, without_actor = cost(1), cost(0)
+    return without_actor + (with_actor - without_actor) / actor_every
+
+
+def time_chunks(learner, seconds: float, seed: int = 0) -> tuple[float, int, float]:
+    """(updates/s, chunk length, compile seconds): median over chunks after compilation."""
+    import jax
+
+    from ipdrl.data.dataset import to_device
+    from ipdrl.training import chunk_key, make_chunk_fn
+
+    fields = to_device(learner.fields)
+    state = jax.tree_util.tree_map(lambda x: jax.numpy.array(x, copy=True), learner.init(jax.random.PRNGKey(seed)))
+
+    def run(chunk: Callable, state, step: int):
+        start = time.perf_counter()
+        state, metrics = chunk(state, fields, chunk_key(seed, step))
+        jax.block_until_ready(metrics)
+        return state, time.perf_counter() - start
+
+    probe_length = 4
+    start = time.perf_counter()
+    probe = make_chunk_fn(learner, probe_length)
+    state, _ = run(probe, state, 0)
+    compile_seconds = time.perf_counter() - start
+    state, probe_time = run(probe, state, probe_length)
+    per_update = probe_time / probe_length
+    length = int(min(2000, max(probe_length, round(seconds / 5 / per_update))))
+    chunk = make_chunk_fn(learner, length)
+    state, _ = run(chunk, state, 0)  # compile
+    times, deadline = [], time.perf_counter() + seconds
+    while len(times) < 3 or time.perf_counter() < deadline:
+        state, elapsed = run(chunk, state, length * (len(times) + 1))
+        times.append(elapsed)
+    return length / statistics.median(times), length, compile_seconds
+
+
+def measure_ours(algo: str, dataset, dataset_path: str, seconds: float) -> dict[str, Any]:
+    import jax
+
+    from ipdrl.data.dataset import to_device
+
+    module, config = algorithm_config(algo, dataset_path)
+    learner = module.make_learner(config, dataset)
+    updates_per_s, length, compile_seconds = time_chunks(learner, seconds)
+    state = learner.init(jax.random.PRNGKey(0))
+    flops = flops_per_update(learner, state, to_device(learner.fields), jax.random.PRNGKey(1),
+                             getattr(config, "policy_freq", 1))
+    return {"algo": algo, "batch_size": config.batch_size, "updates_per_s": updates_per_s, "chunk": length,
+            "compile_s": compile_seconds, "flops_per_update": flops, "gflops": updates_per_s * flops / 1e9,
+            "config": {k: getattr(config, k) for k in WORKER_SETTINGS if hasattr(config, k)}}
+
+
+# ---- d3rlpy ----------------------------------------------------------------------------------------------------
+def ensure_d3rlpy_venv() -> Path:
+    """The d3rlpy virtualenv's python, creating the venv (torch first, then d3rlpy, with pip) if needed."""
+    python = VENV / "bin" / "python"
+    marker = VENV / ".installed"
+    if marker.exists() and marker.read_text() == " ".join(D3RLPY_PINS):
+        return python
+    print(f"creating {VENV} with {', '.join(D3RLPY_PINS)} (once) ...", flush=True)
+    base = getattr(sys, "_base_executable", sys.executable)
+    subprocess.run([base, "-m", "venv", str(VENV)], check=True)
+    for requirement in D3RLPY_PINS:  # torch first so that pip takes the local CPU build, not a CUDA one
+        subprocess.run([str(python), "-m", "pip", "install", "-q", requirement], check=True)
+    marker.write_text(" ".join(D3RLPY_PINS))
+    return python
+
+
+def measure_d3rlpy(python: Path, algo: str, dataset_path: str, seconds: float, ours: dict,
+                   threads: int) -> dict[str, Any]:
+    args = [str(python), str(WORKER), "--algo", algo, "--dataset", dataset_path, "--seconds", str(seconds),
+            "--batch-size", str(ours["batch_size"]), "--threads", str(threads)]
+    for key, value in ours["config"].items():
+        args += [f"--{key.replace('_', '-')}", *map(str, value if isinstance(value, tuple) else (value,))]
+    out = subprocess.run(args, capture_output=True, text=True)
+    if out.returncode != 0:
+        return {"algo": algo, "error": out.stderr.strip().splitlines()[-1] if out.stderr.strip() else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+# ---- main ------------------------------------------------------------------------------------------------------
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
+    parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measurement")
+    parser.add_argument("--skip-d3rlpy", action="store_true", help="only ipdrl (no d3rlpy virtualenv)")
+    parser.add_argument("--dataset", default=str(DEFAULT_DATASET), help="D4RL-format .hdf5 file")
+    parser.add_argument("--threads", type=int, default=0, choices=(0, 1),
+                        help="0: all cores (as training runs); 1: ours and d3rlpy pinned to one core each")
+    parser.add_argument("--peak-worker", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args(argv)
+    os.environ.setdefault("JAX_PLATFORMS", "cpu")
+    if args.peak_worker:
+        if args.threads == 1:
+            use_one_core()
+        return peak_worker()
+
+    algos = [a for a in args.algos if a != "dt" or importlib.util.find_spec("ipdrl.algos.dt") is not None]
+    for missing in sorted(set(args.algos) - set(algos)):
+        print(f"skipping {missing}: ipdrl.algos.{missing} is not installed")
+    if not Path(args.dataset).exists():
+        sys.exit(f"dataset {args.dataset} not found: pass --dataset PATH to a D4RL-format .hdf5 file.")
+
+    peak_1, peak_all = matmul_peak(1), matmul_peak(0)
+    if args.threads == 1:
+        use_one_core()
+    import jax
+
+    from ipdrl.data.loading import load_dataset
+
+    peak = peak_1 if args.threads == 1 else peak_all
+    cores = 1 if args.threads == 1 else os.cpu_count()
+    print(f"float32 matmul peak: {peak_1:.1f} GFLOP/s on 1 core, {peak_all:.1f} GFLOP/s on {os.cpu_count()} "
+          f"(jax {jax.__version__}, {jax.devices()[0].device_kind}); timing on {cores} core(s)", flush=True)
+    dataset = load_dataset(args.dataset)
+    ours = {}
+    for algo in algos:
+        ours[algo] = measure_ours(algo, dataset, args.dataset, args.seconds)
+        r = ours[algo]
+        print(f"  ours {algo}: {r['updates_per_s']:.1f} upd/s (chunk {r['chunk']}, compile {r['compile_s']:.1f}s), "
+              f"{r['flops_per_update'] / 1e6:.0f} MFLOP/upd, {r['gflops']:.1f} GFLOP/s", flush=True)
+
+    # Again after the timings, keeping the better value: a peak measured while the machine was busy is too low.
+    peak_1, peak_all = max(peak_1, matmul_peak(1)), max(peak_all, matmul_peak(0))
+    peak = peak_1 if args.threads == 1 else peak_all
+
+    theirs: dict[str, dict] = {}
+    if not args.skip_d3rlpy:
+        python = ensure_d3rlpy_venv()
+        for algo in algos:
+            theirs[algo] = measure_d3rlpy(python, algo, args.dataset, args.seconds, ours[algo], cores)
+            print(f"  d3rlpy {algo}: {json.dumps(theirs[algo])}", flush=True)
+
+    print()
+    print(f"dataset {Path(args.dataset).name}, {args.seconds:g}s per measurement, {cores} core(s); "
+          f"%peak against {peak:.1f} GFLOP/s")
+    header = f"{'algo':8} {'batch':>5} {'upd/s':>9} {'MFLOP/upd':>10} {'GFLOP/s':>8} {'%peak':>6}"
+    if theirs:
+        header += f" {'d3rlpy upd/s':>13} {'(update only)':>14} {'ours/d3rlpy':>12}"
+    print(header)
+    for algo, r in ours.items():
+        line = (f"{algo:8} {r['batch_size']:>5} {r['updates_per_s']:>9.1f} {r['flops_per_update'] / 1e6:>10.1f} "
+                f"{r['gflops']:>8.1f} {100 * r['gflops'] / peak:>5.0f}%")
+        if algo in theirs:
+            t = theirs[algo]
+            if "updates_per_s" in t:
+                line += (f" {t['updates_per_s']:>13.1f} {t['update_only_per_s']:>14.1f} "
+                         f"{r['updates_per_s'] / t['updates_per_s']:>11.1f}x")
+            else:
+                line += f"  d3rlpy failed: {t['error']}"
+        print(line)
+
+
+if __name__ == "__main__":
+    main()

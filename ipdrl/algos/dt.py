@@ -1,0 +1,274 @@
+"""Decision Transformer (Chen et al. 2021) with the CORL settings — the library's one sequence-policy learner.
+
+A causal transformer reads the last K steps as (return-to-go, state, action) tokens and regresses the action
+(masked MSE). Acting, it is asked for a target return that is decremented by every observed reward.
+
+Value guidance (IPD, QT) is configuration of this same learner, not a copy of it: :class:`ReturnTokens` sets what
+the return token means (training labels, and the acting rule: decremented target or ``value_factor * V(s_t)``),
+and a :class:`Critic` adds ``- alpha * Q(s, a_hat) / mean|Q|`` to the loss, optionally fine-tuning the critic on
+its own batches alongside the policy. See :mod:`ipdrl.algos.ipd`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, Callable, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from ipdrl.algos.common import normalize, observation_stats
+from ipdrl.config import TrainConfig
+from ipdrl.data.dataset import Dataset, Fields, sample_segments, segment_fields
+from ipdrl.training import Learner, Params, Policy
+from ipdrl.transformer import DecisionTransformer
+
+
+@dataclasses.dataclass
+class Config(TrainConfig):
+    """Decision Transformer hyperparameters (CORL defaults)."""
+
+    steps: int = 100_000
+    batch_size: int = 64
+    context_length: int = 20
+    """K: steps per training segment and acting window (3K tokens)."""
+    embed_dim: int = 128
+    num_layers: int = 3
+    num_heads: int = 1
+    dropout: float = 0.1
+    """Embedding, attention and residual dropout."""
+    max_timestep: int = 1000
+    """Number of timestep embeddings; later steps share the last one."""
+    learning_rate: float = 1e-4
+    weight_decay: float = 1e-4
+    """AdamW decoupled weight decay."""
+    warmup_steps: int = 10_000
+    """Linear learning-rate warm-up (from lr / warmup_steps to lr)."""
+    grad_clip: float = 0.25
+    """Global gradient-norm clip."""
+    return_scale: float = 1000.0
+    """Return tokens are returns-to-go divided by this (1000 for locomotion)."""
+    target_return: float = 3600.0
+    """Return asked for at an evaluation episode's first step (raw reward units), then decremented by each observed
+    reward. Set per family in PRESETS (hopper 3600, halfcheetah 12000, walker2d 5000)."""
+    normalize_observations: bool = True
+    """Feed observations standardised by the dataset's mean and std."""
+
+
+BUDGETS = {
+    "tiny": dict(context_length=5, embed_dim=32, num_layers=1, batch_size=16, warmup_steps=20),
+    # Measured on the idle 2-core CPU, batch 64: 2 layers of width 64 with K 10 cost 1.33 GFLOP per update and run
+    # at 53 updates/s; the CORL network (3 layers of width 128, K 20) costs 15.3 GFLOP and runs at 6.5 updates/s.
+    "cpu": dict(steps=10_000, context_length=10, embed_dim=64, num_layers=2, warmup_steps=1000),
+    "paper": dict(steps=100_000),
+}
+PRESETS = {
+    "hopper": dict(target_return=3600.0),
+    "halfcheetah": dict(target_return=12000.0),
+    "walker2d": dict(target_return=5000.0),
+    "ant": dict(target_return=6000.0),
+}
+
+
+class ReturnTokens(NamedTuple):
+    """What the return token means: a training label per transition and the rule that sets it while acting.
+
+    ``labels`` are returns-to-go in "return units" (tokens are ``labels / return_scale``); ``timesteps`` are the
+    transitions' positions in their episodes. Acting, the token is ``value_factor * V(s_t)`` recomputed at every
+    step when ``value_factor`` is set (needs a :class:`Critic`), else the classic rule: ``target`` at the first step,
+    then ``(R - (r * reward_scale + reward_shift)) / discount`` after each observed raw reward r.
+    """
+
+    labels: np.ndarray
+    timesteps: np.ndarray
+    target: float
+    reward_scale: float = 1.0
+    reward_shift: float = 0.0
+    discount: float = 1.0
+    value_factor: float | None = None
+
+
+class Critic(NamedTuple):
+    """A trained critic for a sequence policy: ``q_value(state, obs, actions)`` guides the actions,
+    ``value(state, obs)`` sets dynamic return tokens (both in return units, raw observations in).
+
+    ``finetune``: a learner whose ``update`` keeps training ``state`` on its own batches (its ``fields``, its
+    ``sample``) at every policy update; None keeps the critic frozen.
+    """
+
+    state: Any
+    q_value: Callable[[Any, jax.Array, jax.Array], jax.Array]
+    value: Callable[[Any, jax.Array], jax.Array]
+    finetune: Learner | None = None
+
+
+def classic_returns(config: Config, dataset: Dataset) -> ReturnTokens:
+    """Undiscounted returns-to-go in raw reward units; acting decrements ``target_return`` by observed rewards."""
+    return ReturnTokens(labels=dataset.returns_to_go(1.0), timesteps=dataset.timesteps(), target=config.target_return)
+
+
+def network(config: Config, act_dim: int) -> DecisionTransformer:
+    return DecisionTransformer(act_dim, config.embed_dim, config.num_layers, config.num_heads, config.dropout,
+                               config.max_timestep)
+
+
+def optimizer(config: Config) -> optax.GradientTransformation:
+    """AdamW with linear warm-up and global-norm clipping (as CORL)."""
+    warmup = lambda count: config.learning_rate * jnp.minimum((count + 1) / max(config.warmup_steps, 1), 1.0)
+    return optax.chain(optax.clip_by_global_norm(config.grad_clip),
+                       optax.adamw(warmup, weight_decay=config.weight_decay))
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    return (x * mask).sum() / jnp.maximum(mask.sum(), 1.0)
+
+
+def value_guidance(q: jax.Array, mask: jax.Array) -> jax.Array:
+    """``mean Q / mean|Q|`` over real steps, the scale held constant (QT): unit-free, so alpha means the same
+    whatever the critic's reward units."""
+    return masked_mean(q, mask) / jax.lax.stop_gradient(masked_mean(jnp.abs(q), mask) + 1e-6)
+
+
+CRITIC_PREFIX = "critic/"
+
+
+def make_learner(config: Config, dataset: Dataset, returns: ReturnTokens | None = None, critic: Critic | None = None,
+                 alpha: float = 0.0) -> Learner:
+    """The sequence-policy learner. Defaults give the classic DT; IPD passes discounted value-unit ``returns``,
+    its IQL ``critic`` and ``alpha`` (loss = MSE(a_hat, a) - alpha * Q(s, a_hat) / mean|Q|)."""
+    returns = returns or classic_returns(config, dataset)
+    if (alpha > 0 or returns.value_factor is not None) and critic is None:
+        raise ValueError("value guidance (alpha > 0) and value-conditioned return tokens need a critic: use "
+                         "`--algo ipd`, which trains one.")
+    if len(returns.labels) != dataset.size or len(returns.timesteps) != dataset.size:
+        raise ValueError(f"return labels ({len(returns.labels)}) and timesteps ({len(returns.timesteps)}) must have "
+                         f"one entry per transition ({dataset.size}).")
+    if config.context_length < 1 or config.embed_dim % config.num_heads:
+        raise ValueError("context_length must be >= 1 and embed_dim divisible by num_heads.")
+    obs_dim, act_dim, length = dataset.obs_dim, dataset.act_dim, config.context_length
+    model = network(config, act_dim)
+    opt = optimizer(config)
+    stats = observation_stats(dataset) if config.normalize_observations else {
+        "mean": np.zeros(obs_dim, np.float32), "std": np.ones(obs_dim, np.float32)}
+    finetune = critic.finetune if critic is not None else None
+
+    fields = {
+        **segment_fields(dataset),
+        "observations": dataset.observations.astype(np.float32),
+        "actions": dataset.actions.astype(np.float32),
+        "returns": (np.asarray(returns.labels) / config.return_scale).astype(np.float32),
+        "timesteps": np.asarray(returns.timesteps).astype(np.int32),
+    }
+    if finetune is not None:
+        fields.update({CRITIC_PREFIX + k: v for k, v in finetune.fields.items()})
+
+    @jax.jit  # one compilation instead of hundreds of eagerly compiled small ops
+    def init_params(key: jax.Array) -> tuple[Params, Any]:
+        params = model.init(key, jnp.zeros((1, length)), jnp.zeros((1, length, obs_dim)),
+                            jnp.zeros((1, length, act_dim)), jnp.zeros((1, length), jnp.int32))
+        return params, opt.init(params)
+
+    def init(key: jax.Array) -> dict:
+        params, opt_state = init_params(key)
+        state = {"params": params, "opt": opt_state, "obs_stats": {k: jnp.asarray(v) for k, v in stats.items()},
+                 "return_target": jnp.asarray(returns.target, jnp.float32)}
+        if critic is not None:
+            state["critic"] = critic.state
+        return state
+
+    def sample(fields: Fields, key: jax.Array) -> dict:
+        segment_key, critic_key = jax.random.split(key)
+        own = {k: v for k, v in fields.items() if not k.startswith(CRITIC_PREFIX)}
+        batch = sample_segments(own, segment_key, config.batch_size, length)
+        if finetune is not None:
+            batch["critic"] = finetune.sample({k[len(CRITIC_PREFIX):]: v for k, v in fields.items()
+                                               if k.startswith(CRITIC_PREFIX)}, critic_key)
+        return batch
+
+    def update(state: dict, batch: dict, key: jax.Array) -> tuple[dict, dict]:
+        dropout_key, critic_key = jax.random.split(key)
+        metrics = {}
+        critic_state = state.get("critic")
+        if finetune is not None:
+            critic_state, critic_metrics = finetune.update(critic_state, batch["critic"], critic_key)
+            metrics.update({k.replace("train/", "train/finetune_"): v for k, v in critic_metrics.items()})
+        mask = batch["mask"]
+
+        def loss_fn(params):
+            predicted = model.apply(params, batch["returns"], normalize(batch["observations"], state["obs_stats"]),
+                                    batch["actions"], batch["timesteps"], train=True, rngs={"dropout": dropout_key})
+            mse = masked_mean(((predicted - batch["actions"]) ** 2).mean(-1), mask)
+            if alpha <= 0:
+                return mse, {"train/action_mse": mse}
+            guidance = value_guidance(critic.q_value(critic_state, batch["observations"], predicted), mask)
+            return mse - alpha * guidance, {"train/action_mse": mse, "train/q_normalized": guidance}
+
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
+        updates, opt_state = opt.update(grads, state["opt"], state["params"])
+        new_state = dict(state, params=optax.apply_updates(state["params"], updates), opt=opt_state)
+        if finetune is not None:
+            new_state["critic"] = critic_state
+        return new_state, {"train/loss": loss, **aux, "train/grad_norm": optax.tree.norm(grads), **metrics}
+
+    def policy_params(state: dict) -> Params:
+        return {k: state[k] for k in ("params", "obs_stats", "return_target", "critic") if k in state}
+
+    return Learner(fields=fields, init=init, update=update, sample=sample,
+                   policy=sequence_policy(model, length, config.return_scale, returns, critic),
+                   policy_params=policy_params)
+
+
+def sequence_policy(model: DecisionTransformer, length: int, return_scale: float, returns: ReturnTokens,
+                    critic: Critic | None = None) -> Policy:
+    """The acting policy: a per-environment window of the last ``length`` steps (same right-padded layout as
+    training), the return token set by ``returns``' rule. Params: ``{"params", "obs_stats", "return_target",
+    "critic"?}`` as :func:`make_learner`'s ``policy_params`` gives them."""
+
+    def init_carry(params: Params, num_envs: int) -> dict:
+        obs_dim = params["obs_stats"]["mean"].shape[-1]
+        act_dim = model.act_dim
+        return {
+            "observations": jnp.zeros((num_envs, length, obs_dim)),
+            "actions": jnp.zeros((num_envs, length, act_dim)),
+            "returns": jnp.zeros((num_envs, length)),
+            "timesteps": jnp.zeros((num_envs, length), jnp.int32),
+            "target": jnp.zeros(num_envs),  # remaining target of the classic rule, in return units
+            "step": jnp.zeros(num_envs, jnp.int32),
+        }
+
+    def return_token(params: Params, carry: dict, obs: jax.Array, prev_reward: jax.Array
+                     ) -> tuple[jax.Array, jax.Array]:
+        """(remaining target, return-unit token) for the current step."""
+        if returns.value_factor is not None:
+            return carry["target"], returns.value_factor * critic.value(params["critic"], obs)
+        earned = prev_reward * returns.reward_scale + returns.reward_shift
+        target = jnp.where(carry["step"] == 0, params["return_target"], (carry["target"] - earned) / returns.discount)
+        return target, target
+
+    def act(params: Params, carry: dict, obs: jax.Array, prev_reward: jax.Array, key: jax.Array):
+        step = carry["step"]
+        envs = jnp.arange(obs.shape[0])
+        position = jnp.minimum(step, length - 1)
+        full = step >= length
+
+        def push(window: jax.Array, value: jax.Array) -> jax.Array:
+            # A full window drops its oldest step; the current one goes at `position`.
+            full_rows = full.reshape((-1,) + (1,) * (window.ndim - 1))
+            return jnp.where(full_rows, jnp.roll(window, -1, 1), window).at[envs, position].set(value)
+
+        target, token = return_token(params, carry, obs, prev_reward)
+        window = {
+            "observations": push(carry["observations"], normalize(obs, params["obs_stats"])),
+            "actions": push(carry["actions"], jnp.zeros_like(carry["actions"][:, 0])),
+            "returns": push(carry["returns"], token / return_scale),
+            "timesteps": push(carry["timesteps"], step),
+        }
+        predicted = model.apply(params["params"], window["returns"], window["observations"], window["actions"],
+                                window["timesteps"])
+        action = predicted[envs, position]
+        window["actions"] = window["actions"].at[envs, position].set(action)
+        return dict(window, target=target, step=step + 1), action
+
+    return Policy(init_carry=init_carry, act=act)

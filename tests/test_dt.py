@@ -1,0 +1,191 @@
+"""The causal transformer, the Decision Transformer learner, value guidance and the acting policy's return tokens."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from conftest import synthetic_dataset
+from ipdrl.algos import dt
+from ipdrl.data.dataset import Dataset, to_device
+from ipdrl.evaluation import evaluate
+from ipdrl.training import fit
+from ipdrl.transformer import DecisionTransformer
+
+TINY = dict(context_length=4, embed_dim=16, num_layers=1, batch_size=16, warmup_steps=1, dropout=0.0)
+
+
+def random_inputs(key, batch=2, length=4, obs_dim=3, act_dim=2):
+    k1, k2, k3 = jax.random.split(key, 3)
+    return (jax.random.normal(k1, (batch, length)), jax.random.normal(k2, (batch, length, obs_dim)),
+            jax.random.uniform(k3, (batch, length, act_dim), minval=-1, maxval=1),
+            jnp.tile(jnp.arange(length), (batch, 1)))
+
+
+def test_transformer_is_causal():
+    model = DecisionTransformer(act_dim=2, embed_dim=16, num_layers=2, num_heads=2, dropout=0.0, max_timestep=10)
+    returns, obs, actions, timesteps = random_inputs(jax.random.PRNGKey(0))
+    params = model.init(jax.random.PRNGKey(1), returns, obs, actions, timesteps)
+    apply = jax.jit(model.apply)
+    base = apply(params, returns, obs, actions, timesteps)
+    assert base.shape == (2, 4, 2) and jnp.all(jnp.abs(base) <= 1)
+
+    # The action of step 2 is read at s_2, before a_2: changing a_2 may change steps 3+, never steps 0-2.
+    changed = apply(params, returns, obs, actions.at[:, 2].set(0.9), timesteps)
+    np.testing.assert_allclose(changed[:, :3], base[:, :3], atol=1e-6)
+    assert not np.allclose(changed[:, 3], base[:, 3])
+    # Changing the return or state of step 3 leaves steps 0-2 alone and does change step 3.
+    for later in (apply(params, returns.at[:, 3].add(5.0), obs, actions, timesteps),
+                  apply(params, returns, obs.at[:, 3].add(1.0), actions, timesteps)):
+        np.testing.assert_allclose(later[:, :3], base[:, :3], atol=1e-6)
+        assert not np.allclose(later[:, 3], base[:, 3])
+
+
+def short_episode_dataset(length: int = 3, episodes: int = 6) -> Dataset:
+    return synthetic_dataset(episodes=episodes, length=length, obs_dim=3, act_dim=2)
+
+
+def test_padding_affects_neither_real_outputs_nor_the_loss():
+    dataset = short_episode_dataset(length=3)  # episodes shorter than K = 4: every segment is padded
+    learner = dt.make_learner(dt.Config(**TINY), dataset)
+    state = learner.init(jax.random.PRNGKey(0))
+    batch = learner.sample(to_device(learner.fields), jax.random.PRNGKey(1))
+    assert batch["mask"].shape == (16, 4) and batch["mask"][:, 0].all() and not batch["mask"][:, -1].any()
+    real_first = (np.diff(np.asarray(batch["mask"]), axis=1) <= 0).all()  # right padding: 1s then 0s
+    assert real_first
+
+    padded = batch["mask"][..., None] == 0
+    scrambled = dict(batch, actions=jnp.where(padded, 0.77, batch["actions"]),
+                     observations=jnp.where(padded, 123.0, batch["observations"]),
+                     returns=jnp.where(padded[..., 0], -9.0, batch["returns"]))
+    update = jax.jit(learner.update)
+    _, metrics = update(state, batch, jax.random.PRNGKey(2))
+    _, scrambled_metrics = update(state, scrambled, jax.random.PRNGKey(2))
+    np.testing.assert_allclose(scrambled_metrics["train/action_mse"], metrics["train/action_mse"], rtol=1e-6)
+
+
+def test_dt_learns_a_predictable_mapping():
+    dataset = synthetic_dataset(episodes=8, length=30, obs_dim=4, act_dim=2)
+    weights = np.random.default_rng(1).normal(size=(4, 2)).astype(np.float32)
+    dataset = dataset.replace(actions=np.tanh(dataset.observations @ weights))  # a = tanh(W s)
+    config = dt.Config(**dict(TINY, embed_dim=32, batch_size=32, learning_rate=3e-3))
+    learner = dt.make_learner(config, dataset)
+    losses = []
+    fit(learner, 100, seed=0, log_every=25, on_chunk=lambda step, state, m: losses.append(m["train/action_mse"]))
+    variance = float(dataset.actions.var(0).mean())
+    assert losses[-1] < 0.02 * variance and losses[-1] < losses[0] / 3
+
+
+def toy_critic(target: float = 0.5) -> dt.Critic:
+    """Q(s, a) = -|a - target|^2: the value-guided loss should pull actions toward ``target``."""
+    return dt.Critic(state={"target": jnp.asarray(target)},
+                     q_value=lambda state, obs, actions: -((actions - state["target"]) ** 2).sum(-1),
+                     value=lambda state, obs: obs.sum(-1))
+
+
+def test_value_guidance_pushes_actions_toward_higher_q():
+    # Random data actions (mean 0) are unpredictable, so imitation alone predicts ~0 (Q ~ -0.5); the guidance
+    # term must move the predictions to the critic's optimum 0.5.
+    dataset = synthetic_dataset(episodes=6, length=20, obs_dim=3, act_dim=2)
+    config = dt.Config(**dict(TINY, learning_rate=3e-3))
+    learner = dt.make_learner(config, dataset, critic=toy_critic(), alpha=5.0)
+    state = fit(learner, 100, seed=0, log_every=50)
+    batch = learner.sample(to_device(learner.fields), jax.random.PRNGKey(5))
+    normalized = (batch["observations"] - state["obs_stats"]["mean"]) / state["obs_stats"]["std"]
+    predicted = jax.jit(dt.network(config, 2).apply)(state["params"], batch["returns"], normalized,
+                                                     batch["actions"], batch["timesteps"])
+    assert float(predicted.mean()) > 0.3
+    assert float(toy_critic().q_value({"target": 0.5}, None, predicted).mean()) > -0.2
+
+    # The guidance term alone: its gradient raises Q at real steps, equally, and ignores padding.
+    q = jnp.array([[-1.0, -2.0, -3.0]])
+    mask = jnp.array([[1.0, 1.0, 0.0]])
+    grad = jax.grad(lambda q: dt.value_guidance(q, mask))(q)
+    np.testing.assert_allclose(grad, [[0.5 / 1.5, 0.5 / 1.5, 0.0]], rtol=1e-5)
+
+
+def step_policy(learner, params, observations, rewards):
+    """Act through ``observations`` (steps, envs, obs_dim) with the given previous rewards; returns the carries."""
+    carry = learner.policy.init_carry(params, observations.shape[1])
+    act = jax.jit(learner.policy.act)
+    carries = []
+    for obs, reward in zip(observations, rewards):
+        carry, _ = act(params, carry, obs, reward, jax.random.PRNGKey(0))
+        carries.append(carry)
+    return carries
+
+
+def test_dynamic_return_token_is_value_of_current_state_every_step():
+    dataset = synthetic_dataset(episodes=4, length=10, obs_dim=3, act_dim=2)
+    config = dt.Config(**dict(TINY, return_scale=10.0))
+    returns = dt.ReturnTokens(labels=np.zeros(dataset.size), timesteps=dataset.timesteps(), target=50.0,
+                              value_factor=1.5)
+    learner = dt.make_learner(config, dataset, returns=returns, critic=toy_critic())
+    params = learner.policy_params(learner.init(jax.random.PRNGKey(0)))
+    observations = jnp.asarray(np.random.default_rng(0).normal(size=(6, 2, 3)), jnp.float32)
+    rewards = jnp.full((6, 2), 100.0)  # large rewards: a decremented token would fall fast
+    for t, carry in enumerate(step_policy(learner, params, observations, rewards)):
+        position = min(t, config.context_length - 1)
+        expected = 1.5 * observations[t].sum(-1) / 10.0  # value_factor * V(s_t) / return_scale
+        np.testing.assert_allclose(carry["returns"][:, position], expected, rtol=1e-5)
+
+
+def test_classic_return_token_is_decremented_by_observed_rewards():
+    dataset = synthetic_dataset(episodes=4, length=10, obs_dim=3, act_dim=2)
+    config = dt.Config(**dict(TINY, return_scale=100.0, target_return=300.0))
+    learner = dt.make_learner(config, dataset)
+    params = learner.policy_params(learner.init(jax.random.PRNGKey(0)))
+    rewards = jnp.asarray([[0.0], [10.0], [20.0], [5.0], [1.0], [2.0]])
+    carries = step_policy(learner, params, jnp.zeros((6, 1, 3)), rewards)
+    # K = 4: after six steps the window holds steps 2..5 with targets 300 - cumulative rewards.
+    np.testing.assert_allclose(carries[-1]["returns"][0], np.array([270.0, 265.0, 264.0, 262.0]) / 100.0, rtol=1e-6)
+    np.testing.assert_array_equal(carries[-1]["timesteps"][0], [2, 3, 4, 5])
+    np.testing.assert_allclose(carries[2]["returns"][0, :3], np.array([300.0, 290.0, 270.0]) / 100.0, rtol=1e-6)
+
+    # Discounted, scaled variant (IPD's classic mode): R' = (R - (r * scale + shift)) / gamma.
+    returns = dt.ReturnTokens(labels=np.zeros(dataset.size), timesteps=dataset.timesteps(), target=50.0,
+                              reward_scale=0.5, reward_shift=-1.0, discount=0.9)
+    learner = dt.make_learner(config, dataset, returns=returns)
+    params = learner.policy_params(learner.init(jax.random.PRNGKey(0)))
+    carries = step_policy(learner, params, jnp.zeros((2, 1, 3)), jnp.asarray([[0.0], [10.0]]))
+    np.testing.assert_allclose(carries[1]["returns"][0, 1] * 100.0, (50.0 - (10.0 * 0.5 - 1.0)) / 0.9, rtol=1e-5)
+
+
+def test_acting_window_matches_the_training_layout():
+    """The action at step t is the network's output at position t of a right-padded window, as in training."""
+    dataset = synthetic_dataset(episodes=4, length=10, obs_dim=3, act_dim=2)
+    config = dt.Config(**TINY)
+    learner = dt.make_learner(config, dataset)
+    params = learner.policy_params(learner.init(jax.random.PRNGKey(3)))
+    observations = jnp.asarray(np.random.default_rng(0).normal(size=(3, 1, 3)), jnp.float32)
+    carry = learner.policy.init_carry(params, 1)
+    actions = []
+    for obs in observations:
+        carry, action = learner.policy.act(params, carry, obs, jnp.zeros(1), jax.random.PRNGKey(0))
+        actions.append(action)
+    normalized = (observations[:, 0] - params["obs_stats"]["mean"]) / params["obs_stats"]["std"]
+    window_obs = jnp.zeros((1, 4, 3)).at[0, :3].set(normalized)
+    window_actions = jnp.zeros((1, 4, 2)).at[0, :2].set(jnp.concatenate(actions[:2]))
+    window_returns = jnp.full((1, 4), config.target_return / config.return_scale).at[0, 3].set(0.0)
+    expected = dt.network(config, 2).apply(params["params"], window_returns, window_obs, window_actions,
+                                           jnp.arange(4)[None])
+    np.testing.assert_allclose(actions[2][0], expected[0, 2], atol=1e-5)
+
+
+def test_misconfiguration_is_a_clear_error():
+    dataset = synthetic_dataset()
+    with pytest.raises(ValueError, match="need a critic"):
+        dt.make_learner(dt.Config(**TINY), dataset, alpha=1.0)
+    with pytest.raises(ValueError, match="one entry per transition"):
+        dt.make_learner(dt.Config(**TINY), dataset, returns=dt.ReturnTokens(np.zeros(3), np.zeros(3), 1.0))
+
+
+def test_dt_policy_runs_in_hopper_evaluation():
+    dataset = synthetic_dataset(episodes=4, length=10, obs_dim=11, act_dim=3)
+    learner = dt.make_learner(dt.Config(**TINY), dataset)
+    params = learner.policy_params(learner.init(jax.random.PRNGKey(0)))
+    result = evaluate(learner.policy, params, "Hopper-v5", episodes=2, seed=0, dataset_name="hopper", max_steps=15)
+    assert len(result["returns"]) == 2 and all(1 <= n <= 15 for n in result["lengths"])
+    assert np.isfinite(result["normalized_mean"])
