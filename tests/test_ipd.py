@@ -1,0 +1,142 @@
+"""The IPD pipeline end to end at the tiny budget: results, stage caching, resume, re-evaluation, ablations."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import flax.serialization
+import jax
+import numpy as np
+import pytest
+
+from ipdrl import augmentation, pipelines, presets
+from ipdrl.algos import ipd
+from ipdrl.data.d4rl import read_d4rl, write_d4rl
+from ipdrl.runs import Run
+from ipdrl.training import fit
+
+
+def tiny_config(folder: Path, **changes) -> ipd.Config:
+    """The tiny budget on ``folder``'s copy of the fixture, with its own stage cache."""
+    return presets.make_config(ipd, str(folder / "hopper-medium-replay.hdf5"), "tiny", cache_dir=str(folder / "cache"),
+                               progress=False, **changes)
+
+
+@pytest.fixture(scope="module")
+def first_run(tiny_hopper, tmp_path_factory):
+    """One full tiny pipeline from a D4RL file (IQL, world model, MPC augmentation, value-guided DT, evaluation),
+    as `ipdrl train --algo ipd --budget tiny --dataset FILE` runs it."""
+    folder = tmp_path_factory.mktemp("ipd")
+    data_file = write_d4rl(tiny_hopper, folder / "hopper-medium-replay.hdf5")
+    config = tiny_config(folder, run_dir=str(folder / "run1"))
+    assert config.dataset == str(data_file)
+    return folder, config, pipelines.train("ipd", config)
+
+
+def read_state(path: Path) -> dict:
+    return flax.serialization.msgpack_restore(path.read_bytes())
+
+
+def policy_steps(run_dir: Path) -> list[int]:
+    return [row["step"] for row in Run.open(run_dir).metrics() if "policy_train/loss" in row]
+
+
+def test_pipeline_writes_results_and_reports(first_run):
+    folder, config, results = first_run
+    run_dir = folder / "run1"
+    saved = json.loads((run_dir / "results.json").read_text())
+    assert saved["checkpoint"] == "final" and saved["episodes"] == 2 and np.isfinite(saved["normalized_mean"])
+    assert saved["reference_table"].startswith("D4RL") and saved["algo"] == "ipd"
+    stages = saved["stages"]
+    assert [stages[name]["cached"] for name in ("iql", "world_model", "augment")] == [False, False, False]
+    report = stages["augment"]["report"]
+    assert report["mode"] == "mpc" and report["rollouts"] > 0 and "plot_data" not in report
+    assert (run_dir / "augmentation_report.json").exists() and (run_dir / "augmentation_report.png").exists()
+    assert any("augment/rollouts" in row for row in Run.open(run_dir).metrics())
+    assert policy_steps(run_dir) == [50, 100, 150, 200]
+    log_text = (run_dir / "log.txt").read_text()
+    assert all(f"stage {k}/4" in log_text for k in (1, 2, 3, 4))
+    # The critic stays frozen by default: the policy checkpoint holds stage 1's target critic unchanged.
+    iql_state = read_state(folder / "cache" / f"iql-{stages['iql']['key']}" / "iql.msgpack")
+    policy_state = read_state(run_dir / "policy_checkpoint.msgpack")
+    for frozen, trained in zip(jax.tree_util.tree_leaves(policy_state["critic"]["critic_target"]),
+                               jax.tree_util.tree_leaves(iql_state["critic_target"])):
+        np.testing.assert_array_equal(frozen, trained)
+
+
+def test_second_run_reuses_stages_and_resumes_after_interruption(first_run, monkeypatch):
+    folder, _, first = first_run
+    config = tiny_config(folder, run_dir=str(folder / "run2"), alpha=0.0, rtg_mode="classic")
+    save = Run.save_checkpoint
+
+    def save_then_crash(self, state, step, name="checkpoint"):
+        save(self, state, step, name)
+        if name == "policy_checkpoint" and step == 100:
+            raise KeyboardInterrupt  # killed right after the step-100 checkpoint
+
+    monkeypatch.setattr(Run, "save_checkpoint", save_then_crash)
+    with pytest.raises(KeyboardInterrupt):
+        pipelines.train("ipd", config)
+    monkeypatch.setattr(Run, "save_checkpoint", save)
+    results = pipelines.train("ipd", dataclasses.replace(config, resume=True))
+
+    stages = results["stages"]
+    assert [stages[name]["cached"] for name in ("iql", "world_model", "augment")] == [True, True, True]
+    assert [stages[name]["key"] for name in ("iql", "world_model", "augment")] == [
+        first["stages"][name]["key"] for name in ("iql", "world_model", "augment")]
+    metrics = Run.open(folder / "run2").metrics()
+    assert not any(key.startswith("iql_") for row in metrics for key in row)  # stage 1 never trained here
+    assert policy_steps(folder / "run2") == [50, 100, 150, 200]  # resumed at 100, not restarted
+    # Classic return tokens start from the best discounted return-to-go label at an episode start of D_aug.
+    augmented = read_d4rl(stages["augment"]["cache"])
+    best_start = augmented.infos["return_to_go"][augmented.episode_starts].max()
+    assert results["return_target"] == pytest.approx(float(best_start), rel=1e-6)
+
+
+def test_reevaluation_reproduces_results(first_run):
+    folder, _, first = first_run
+    again = pipelines.evaluate_run(folder / "run1")
+    assert again["returns"] == first["returns"] and again["step"] == 200
+
+
+def test_no_augmentation_ablation_uses_value_labels_of_the_real_data(first_run):
+    folder, _, first = first_run
+    config = tiny_config(folder, run_dir=str(folder / "run3"), augment={"ratio": 0.0})
+    dataset = read_d4rl(config.dataset)
+    run = Run.create(folder / "run3", pipelines.config_dict("ipd", config))
+    iql_state, data, labels, timesteps, stages = ipd.training_data(config, dataset, run, None)
+    assert data is dataset and set(stages) == {"iql"} and stages["iql"]["cached"]
+    values = augmentation.from_iql(config.iql, iql_state, dataset.act_dim)
+    np.testing.assert_allclose(labels, augmentation.return_labels(dataset, values), rtol=1e-6)
+    np.testing.assert_array_equal(timesteps, dataset.timesteps())
+
+
+def test_config_round_trips_through_config_json_and_rejects_bad_settings(tmp_path):
+    config = tiny_config(tmp_path, alpha=0.3)
+    saved = json.loads(json.dumps(pipelines.config_dict("ipd", config)))
+    saved.pop("algo")
+    restored = ipd.Config(**{k: pipelines._as_field(v) for k, v in saved.items()})
+    assert restored == config and restored.iql.steps == 200 and restored.ensemble.members == 3
+    assert config.iql.seed == config.seed and config.iql.dataset == config.dataset
+    with pytest.raises(ValueError, match="rtg-mode"):
+        tiny_config(tmp_path, rtg_mode="fixed")
+    with pytest.raises(ValueError, match="unknown AugmentConfig settings"):
+        tiny_config(tmp_path, augment={"horizn": 3})
+    assert presets.make_config(ipd, "halfcheetah-medium", "tiny").alpha == 0.4
+    assert presets.make_config(ipd, "antmaze-umaze-v2", "tiny").iql.expectile == 0.9
+
+
+def test_critic_finetuning_trains_the_critic_alongside_the_policy(first_run):
+    folder, _, first = first_run
+    config = tiny_config(folder, finetune_critic=True)
+    dataset = read_d4rl(config.dataset)
+    iql_state, data, labels, timesteps, _ = ipd.training_data(config, dataset, Run.create(folder / "run4", {}), None)
+    learner = ipd.policy_learner(config, data, iql_state, labels, timesteps)
+    metrics = []
+    state = fit(learner, 4, seed=0, log_every=2, on_chunk=lambda step, state, m: metrics.append(m))
+    assert "train/finetune_critic_loss" in metrics[-1] and "train/q_normalized" in metrics[-1]
+    for key in ("critic", "critic_target", "value"):
+        before, after = jax.tree_util.tree_leaves(iql_state[key])[0], jax.tree_util.tree_leaves(state["critic"][key])[0]
+        assert not np.allclose(before, after), key
