@@ -26,6 +26,11 @@ COMMON_BUDGETS: dict[str, dict[str, Any]] = {
 
 def dataset_key(dataset: str) -> str:
     """``../x/hopper-medium-replay.hdf5`` or ``hopper-medium-replay-v2`` -> ``hopper-medium-replay``."""
+    if dataset == "embedded":  # the shipped dataset's presets are those of the data it holds
+        from ipdrl.data.loading import embedded_files
+
+        files = embedded_files()
+        dataset = files[0].name if files else dataset
     name = Path(dataset).stem if dataset.endswith((".hdf5", ".h5")) else dataset.split(":")[-1]
     for suffix in ("-v0", "-v1", "-v2", "-v3", "-v4", "-v5"):
         name = name.removesuffix(suffix)

@@ -11,7 +11,7 @@ import h5py
 import numpy as np
 import pytest
 
-from conftest import FIXTURES, shared_dataset_path, synthetic_dataset
+from conftest import DATASETS, FIXTURES, synthetic_dataset
 from ipdrl.cli import main as cli_main
 from ipdrl.data.d4rl import download_d4rl, read_d4rl, resolve_d4rl_name, write_d4rl
 from ipdrl.data.dataset import DatasetError
@@ -40,7 +40,9 @@ def test_real_kitchen_fixture_exact_figures(capsys):
 
 
 def test_shared_hopper_medium_replay():
-    dataset = read_d4rl(shared_dataset_path("hopper-medium-replay"))
+    if not (DATASETS / "hopper-medium-replay.hdf5").exists():
+        pytest.skip("the shared benchmark datasets are not present")
+    dataset = read_d4rl(DATASETS / "hopper-medium-replay.hdf5")
     assert (dataset.size, dataset.num_episodes) == (230_000, 1_671)
     assert dataset.episode_returns().mean() == pytest.approx(355.9, abs=0.05)
     assert set(dataset.infos) == {"qpos", "qvel"}

@@ -14,6 +14,7 @@ import h5py
 import numpy as np
 
 from ipdrl.data.dataset import Dataset, DatasetError
+from ipdrl.runs import atomic_replace
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{env}_{level}-v2.hdf5"
@@ -168,14 +169,15 @@ def write_d4rl(dataset: Dataset, path: str | Path, compression: str | None = "gz
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
+    shuffle = compression is not None  # byte-shuffling before gzip shrinks float arrays by about a tenth
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     os.close(fd)
     try:
         with h5py.File(tmp, "w") as handle:
             for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
-                handle.create_dataset(key, data=getattr(dataset, key), compression=compression)
+                handle.create_dataset(key, data=getattr(dataset, key), compression=compression, shuffle=shuffle)
             for key, value in dataset.infos.items():
-                handle.create_dataset(f"infos/{key}", data=value, compression=compression)
+                handle.create_dataset(f"infos/{key}", data=value, compression=compression, shuffle=shuffle)
             metadata = {"name": dataset.name, **dict(dataset.metadata)}
             handle.create_dataset("metadata/ipdrl", data=json.dumps(metadata, default=_json_default))
             for key, value in metadata.items():
@@ -185,7 +187,7 @@ def write_d4rl(dataset: Dataset, path: str | Path, compression: str | None = "gz
                     handle.create_dataset(f"metadata/{key}", data=json.dumps(value, default=_json_default))
                 elif isinstance(value, (str, int, float, bool)):
                     handle.create_dataset(f"metadata/{key}", data=value)
-        os.replace(tmp, path)
+        atomic_replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -238,7 +240,7 @@ def download_d4rl(name: str, cache_dir: str | Path | None = None,
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        os.replace(tmp, path)
+        atomic_replace(tmp, path)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
         if os.path.exists(tmp):
             os.unlink(tmp)

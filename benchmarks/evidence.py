@@ -1,0 +1,232 @@
+"""The evidence tables: every run is an ``ipdrl train`` command; this script runs the missing ones and prints tables.
+
+    python benchmarks/evidence.py TABLE [--seeds 0 1 2] [--datasets hopper-medium-replay ...] [--budget cpu]
+                                        [--jobs 2] [--out runs/evidence] [--docs docs/evidence] [--dry-run]
+
+Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evaluation episodes):
+
+- ``baselines``  BC, IQL, TD3+BC, ReBRAC, DT on hopper- and halfcheetah-medium-replay, 3 seeds.
+- ``main``       IPD vs DT vs IQL vs ReBRAC on the same datasets, 3 seeds (IQL, DT, ReBRAC runs shared with
+                 ``baselines``).
+- ``ablation``   hopper-medium-replay, 2 seeds: full IPD; no augmentation; greedy-Q augmentation; alpha 0; classic RTG.
+- ``scaling``    hopper-medium-replay, 2 seeds: IPD with imagined:real ratio 0, 0.25, 0.5, 1, 2 (table and plot).
+- ``dwm``        ReBRAC vs DWM-MPC (diffusion) vs DWM-MPC (MeanFlow) on both datasets, 3 seeds, plus seconds per
+                 evaluation episode (DWM-MPC reuses the ReBRAC run of the same seed as its base policy).
+
+Runs live in ``--out/<algo-variant>/<dataset>-s<seed>`` and are skipped when their ``results.json`` exists, so a
+rerun (or another table) only trains what is missing; an interrupted run resumes (``--resume``). IPD variants of
+one (dataset, seed) share stages 1-3 through one stage cache and run one after the other; independent chains run
+``--jobs`` at a time, each process pinned to one core's worth of XLA threads. Each table is written to
+``--docs/<table>.md`` with the commands that made it. Datasets are looked up in ``$IPDRL_DATASETS``, defaulting to
+the shared benchmark folder ``../shared/datasets``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import statistics
+import subprocess
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+MEDIUM_REPLAY = ["hopper-medium-replay", "halfcheetah-medium-replay"]
+ONE_CORE = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+
+
+@dataclass
+class Spec:
+    """One ``ipdrl train`` run: the row it fills, and its command-line flags beyond algo/dataset/seed/budget."""
+
+    row: str
+    algo: str
+    dataset: str
+    seed: int
+    flags: list[str] = field(default_factory=list)
+    variant: str = ""
+
+    def run_dir(self, out: Path) -> Path:
+        return out / (self.variant or self.algo) / f"{self.dataset}-s{self.seed}"
+
+    def command(self, out: Path, budget: str) -> list[str]:
+        return ["ipdrl", "train", "--algo", self.algo, "--budget", budget, "--dataset", self.dataset,
+                "--seed", str(self.seed), "--run-dir", str(self.run_dir(out)), "--resume", "--no-progress", *self.flags]
+
+
+def ipd_variants(dataset: str, seed: int, out: Path, variants: dict[str, list[str]]) -> list[Spec]:
+    cache = ["--cache-dir", str(out / "ipd-cache" / f"{dataset}-s{seed}")]
+    return [Spec(row, "ipd", dataset, seed, cache + flags, variant=f"ipd-{slug(row)}" if flags else "ipd")
+            for row, flags in variants.items()]
+
+
+def slug(text: str) -> str:
+    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+
+
+def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list[list[Spec]]:
+    """The runs of ``table``, grouped into chains that must run in order (shared caches, base runs)."""
+    if table == "baselines":
+        return [[Spec(name, algo, d, s)] for name, algo in
+                (("BC", "bc"), ("IQL", "iql"), ("TD3+BC", "td3bc"), ("ReBRAC", "rebrac"), ("DT", "dt"))
+                for d in datasets for s in seeds]
+    if table == "main":
+        return ([ipd_variants(d, s, out, {"IPD": []}) for d in datasets for s in seeds]
+                + [[Spec(name, algo, d, s)] for name, algo in (("DT", "dt"), ("IQL", "iql"), ("ReBRAC", "rebrac"))
+                   for d in datasets for s in seeds])
+    if table == "ablation":
+        variants = {"IPD": [], "no augmentation": ["--augment.ratio", "0"],
+                    "greedy-Q augmentation": ["--augment.mode", "greedy-q"], "alpha = 0": ["--alpha", "0"],
+                    "classic RTG": ["--rtg-mode", "classic"]}
+        return [ipd_variants(d, s, out, variants) for d in datasets for s in seeds]
+    if table == "scaling":
+        variants = {f"ratio {r}": ["--augment.ratio", r] for r in ("0", "0.25", "0.5", "1", "2")}
+        return [ipd_variants(d, s, out, variants) for d in datasets for s in seeds]
+    if table == "dwm":
+        result = []
+        for d in datasets:
+            for s in seeds:
+                base = Spec("ReBRAC", "rebrac", d, s)
+                base_flag = ["--base-run", str(base.run_dir(out))]
+                result.append([base] + [Spec(f"DWM-MPC ({model})", "dwm-mpc", d, s, base_flag + ["--model", model],
+                                             variant=f"dwm-mpc-{model}") for model in ("diffusion", "meanflow")])
+        return result
+    raise SystemExit(f"unknown table {table!r}; choose baselines, main, ablation, scaling or dwm.")
+
+
+def run_chain(chain: list[Spec], out: Path, budget: str, one_core: bool, log_dir: Path) -> None:
+    env = dict(os.environ)
+    if one_core:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
+    for spec in chain:
+        if (spec.run_dir(out) / "results.json").exists():
+            continue
+        command = spec.command(out, budget)
+        log_path = log_dir / f"{spec.variant or spec.algo}-{spec.dataset}-s{spec.seed}.log"
+        started = time.perf_counter()
+        print(f"[evidence] start  {shlex.join(command)}", flush=True)
+        with open(log_path, "w") as log:
+            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+        status = "done " if code == 0 else f"FAILED (exit {code}; see {log_path})"
+        print(f"[evidence] {status} {spec.row} {spec.dataset} s{spec.seed} in {(time.perf_counter() - started) / 60:.1f} min",
+              flush=True)
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "—"
+    std = statistics.stdev(values) if len(values) > 1 else 0.0
+    return f"{statistics.mean(values):.1f} ± {std:.1f} (n={len(values)})"
+
+
+def collect(all_specs: list[Spec], out: Path) -> dict[str, dict[str, list[dict]]]:
+    """results.json of every finished run, by row then dataset."""
+    found: dict[str, dict[str, list[dict]]] = {}
+    for spec in all_specs:
+        path = spec.run_dir(out) / "results.json"
+        rows = found.setdefault(spec.row, {})
+        if path.exists():
+            rows.setdefault(spec.dataset, []).append(json.loads(path.read_text()))
+    return found
+
+
+def format_table(table: str, results: dict[str, dict[str, list[dict]]], datasets: list[str], budget: str) -> str:
+    """Markdown: per row and dataset, the mean ± std over seeds of each run's mean normalised score."""
+    reference = next((r.get("reference_table") for rows in results.values() for runs in rows.values() for r in runs
+                      if r.get("reference_table")), "D4RL reference table")
+    per_episode = table == "dwm"
+    header = ["method", *datasets] + (["s / episode (" + d + ")" for d in datasets] if per_episode else [])
+    lines = [f"Normalised score ({reference}); budget `{budget}`, final checkpoints, mean ± std over training seeds "
+             f"of each run's mean over its evaluation episodes.", "",
+             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    for row, by_dataset in results.items():
+        cells = [mean_std([r["normalized_mean"] for r in by_dataset.get(d, [])]) for d in datasets]
+        if per_episode:
+            cells += [mean_std([seconds_per_episode(r) for r in by_dataset.get(d, [])]) for d in datasets]
+        lines.append("| " + " | ".join([row, *cells]) + " |")
+    return "\n".join(lines)
+
+
+def seconds_per_episode(result: dict) -> float:
+    """Evaluation wall time per episode (episodes step in lockstep, so this is total / episodes)."""
+    return float(result.get("seconds_per_episode", result["seconds"] / max(int(result["episodes"]), 1)))
+
+
+def plot_scaling(results: dict[str, dict[str, list[dict]]], dataset: str, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    ratios, means, stds = [], [], []
+    for row, by_dataset in results.items():
+        scores = [r["normalized_mean"] for r in by_dataset.get(dataset, [])]
+        if scores:
+            ratios.append(float(row.split()[-1]))
+            means.append(statistics.mean(scores))
+            stds.append(statistics.stdev(scores) if len(scores) > 1 else 0.0)
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    ax.errorbar(ratios, means, yerr=stds, marker="o", capsize=4)
+    ax.set_xlabel("imagined : real transitions")
+    ax.set_ylabel("normalised score")
+    ax.set_title(f"IPD on {dataset}: score vs amount of imagined data")
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("table", choices=["baselines", "main", "ablation", "scaling", "dwm"])
+    parser.add_argument("--seeds", type=int, nargs="+")
+    parser.add_argument("--datasets", nargs="+")
+    parser.add_argument("--budget", default="cpu")
+    parser.add_argument("--jobs", type=int, default=2, help="chains run in parallel (one core each when > 1)")
+    parser.add_argument("--out", default="runs/evidence")
+    parser.add_argument("--docs", default="docs/evidence")
+    parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    args = parser.parse_args()
+
+    one_dataset = args.table in ("ablation", "scaling")
+    datasets = args.datasets or (["hopper-medium-replay"] if one_dataset else MEDIUM_REPLAY)
+    seeds = args.seeds or ([0, 1] if one_dataset else [0, 1, 2])
+    out = (REPO / args.out).resolve()
+    shared = REPO.parent / "shared" / "datasets"
+    if "IPDRL_DATASETS" not in os.environ and shared.is_dir():
+        os.environ["IPDRL_DATASETS"] = str(shared)
+
+    groups = chains(args.table, datasets, seeds, out)
+    specs = [spec for chain in groups for spec in chain]
+    if args.dry_run:
+        for spec in specs:
+            print(shlex.join(spec.command(out, args.budget)))
+        return
+    log_dir = out / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+        list(pool.map(lambda chain: run_chain(chain, out, args.budget, args.jobs > 1, log_dir), groups))
+
+    results = collect(specs, out)
+    text = format_table(args.table, results, datasets, args.budget)
+    docs = REPO / args.docs
+    docs.mkdir(parents=True, exist_ok=True)
+    if args.table == "scaling":
+        plot_scaling(results, datasets[0], docs / "scaling.png")
+        text += f"\n\n![score vs imagined:real ratio](scaling.png)"
+    command = shlex.join(["python", "benchmarks/evidence.py", *sys.argv[1:]])
+    body = (f"# {args.table}\n\nMade by `{command}` ({(time.perf_counter() - started) / 60:.0f} min this "
+            f"invocation). Runs:\n\n" + "\n".join(f"    {shlex.join(s.command(Path(args.out), args.budget))}"
+                                                  for s in specs) + "\n\n" + text + "\n")
+    (docs / f"{args.table}.md").write_text(body)
+    print("\n" + text)
+
+
+if __name__ == "__main__":
+    main()
