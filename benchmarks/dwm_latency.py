@@ -10,7 +10,8 @@ through the H-step rollout of M particles, action) and reports:
 - ``ms/action``: median wall time of one jitted call for ``--envs`` environments, after compilation; ``cpu ms``:
   process CPU time per call (all threads), which other processes sharing the CPU inflate far less than wall time;
 - ``MFLOP``: XLA's cost analysis of that call. XLA counts a loop body once, so the call is costed with every
-  ``lax.scan``/``lax.map`` unrolled (the same computation);
+  ``lax.scan``/``lax.map`` unrolled (the same computation), with E = 1 and 2 and extrapolated linearly in E
+  beyond (every inner step repeats the same work; unrolling E x K x H diffusion steps takes minutes to compile);
 - ``GFLOP/s`` and ``%peak``: the achieved rate against this machine's float32 matmul peak, measured in the same
   run by ``benchmarks/speed.py``'s 2048x2048 ``jnp.dot`` (all cores).
 
@@ -20,6 +21,7 @@ The CPU may be shared with other work: the median of several calls damps that, b
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import contextlib
 import os
 import statistics
@@ -85,15 +87,26 @@ def unrolled_loops():
         jax.lax.scan, jax.lax.map = scan, map_
 
 
+def unrolled_flops(config: dwm_mpc.Config, dataset: Dataset, envs: int, inner_steps: int) -> float:
+    """XLA's FLOP count of one adapt-then-act call with ``inner_steps`` gradient steps, every loop unrolled."""
+    policy, params = build(dataclasses.replace(config, inner_steps=inner_steps), dataset)
+    args = (params, policy.init_carry(params, envs), jnp.asarray(dataset.observations[:envs]), jnp.zeros(envs),
+            jax.random.PRNGKey(1))
+    with unrolled_loops():  # a fresh function, so the unrolled trace is not cached for the timed one
+        analysis = jax.jit(lambda *a: policy.act(*a)).lower(*args).compile().cost_analysis()
+    return float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
+
+
 def measure(setting: str, envs: int, calls: int, dataset: Dataset) -> dict:
     model, horizon, particles, inner_steps = setting.split(":")
     config = dwm_mpc.Config(model=model, horizon=int(horizon), particles=int(particles), inner_steps=int(inner_steps))
     policy, params = build(config, dataset)
     carry = policy.init_carry(params, envs)
     args = (params, carry, jnp.asarray(dataset.observations[:envs]), jnp.zeros(envs), jax.random.PRNGKey(1))
-    with unrolled_loops():  # a fresh function, so the unrolled trace is not cached for the timed one below
-        analysis = jax.jit(lambda *a: policy.act(*a)).lower(*args).compile().cost_analysis()
-    flops = float((analysis[0] if isinstance(analysis, list) else analysis)["flops"])
+    flops = unrolled_flops(config, dataset, envs, min(config.inner_steps, 2))
+    if config.inner_steps > 2:  # every inner step is the same computation: extrapolate instead of unrolling E
+        one = unrolled_flops(config, dataset, envs, 1)
+        flops += (config.inner_steps - 2) * (flops - one)
     act = jax.jit(policy.act)
     started = time.perf_counter()
     jax.block_until_ready(act(*args))

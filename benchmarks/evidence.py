@@ -66,7 +66,7 @@ def ipd_variants(dataset: str, seed: int, out: Path, variants: dict[str, list[st
 
 
 def slug(text: str) -> str:
-    return "".join(c if c.isalnum() else "-" for c in text.lower()).strip("-")
+    return "-".join("".join(c if c.isalnum() or c == "." else " " for c in text.lower()).split())
 
 
 def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list[list[Spec]]:
@@ -82,7 +82,7 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
     if table == "ablation":
         variants = {"IPD": [], "no augmentation": ["--augment.ratio", "0"],
                     "greedy-Q augmentation": ["--augment.mode", "greedy-q"], "alpha = 0": ["--alpha", "0"],
-                    "classic RTG": ["--rtg-mode", "classic"]}
+                    "classic RTG": ["--rtg-mode", "classic"], "value factor 1.5": ["--value-factor", "1.5"]}
         return [ipd_variants(d, s, out, variants) for d in datasets for s in seeds]
     if table == "scaling":
         variants = {f"ratio {r}": ["--augment.ratio", r] for r in ("0", "0.25", "0.5", "1", "2")}
@@ -93,8 +93,10 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
             for s in seeds:
                 base = Spec("ReBRAC", "rebrac", d, s)
                 base_flag = ["--base-run", str(base.run_dir(out))]
-                result.append([base] + [Spec(f"DWM-MPC ({model})", "dwm-mpc", d, s, base_flag + ["--model", model],
-                                             variant=f"dwm-mpc-{model}") for model in ("diffusion", "meanflow")])
+                # --tune: adapt-or-not and the step size are chosen on tuning seeds apart from the evaluation seeds
+                result.append([base] + [Spec(f"DWM-MPC ({model})", "dwm-mpc", d, s,
+                                             base_flag + ["--model", model, "--tune"], variant=f"dwm-mpc-{model}")
+                                        for model in ("meanflow", "diffusion")])
         return result
     raise SystemExit(f"unknown table {table!r}; choose baselines, main, ablation, scaling or dwm.")
 

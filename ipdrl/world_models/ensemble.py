@@ -419,8 +419,8 @@ def train_ensemble(dataset: Dataset, config: EnsembleConfig, seed: int, progress
         "member_heldout_mse": mse.tolist(),
         "member_heldout_nll": nll.tolist(),
         "elites": elites.tolist(),
-        "heldout_nll": float(nll[elites].mean()),
         **one_step_errors(model, heldout),
+        "heldout_nll": float(nll[elites].mean()),
         "termination": config.termination if config.termination != "known" else f"known:{config.termination_family}",
     }
     if config.termination == "learned":
@@ -452,16 +452,25 @@ def _train_termination(model: EnsembleModel, config: EnsembleConfig, train: Data
 
 
 def one_step_errors(model: EnsembleModel, dataset: Dataset) -> dict[str, float]:
-    """Raw-unit MSE of the elites' mean prediction of s' - s (mean over dims) and r on ``dataset``."""
+    """Raw-unit MSE of the elites' mean prediction of s' - s (mean over dims) and r on ``dataset``, and the
+    elites' mean Gaussian NLL in normalised units (as in training's held-out report)."""
+    stats = model["stats"]
+
     def elite_mean(obs, actions):
         means, _ = elite_predictions(model, obs, actions)
-        return model["stats"]["target_mean"] + model["stats"]["target_std"] * means.mean(0)
+        return stats["target_mean"] + stats["target_std"] * means.mean(0)
+
+    def elite_nll(obs, actions, targets):
+        means, logvars = elite_predictions(model, obs, actions)
+        return gaussian_nll(means, logvars, (targets - stats["target_mean"]) / stats["target_std"]).mean(0)
 
     predicted = map_batches(elite_mean, dataset.observations, dataset.actions)
     target = _targets(dataset)
+    nll = map_batches(elite_nll, dataset.observations, dataset.actions, target.astype(np.float32))
     error = (predicted - target) ** 2
     baseline = (target - target.mean(0)) ** 2
     return {
+        "heldout_nll": float(nll.mean()),
         "obs_delta_mse": float(error[:, :-1].mean()),
         "obs_delta_mse_baseline": float(baseline[:, :-1].mean()),
         "reward_mse": float(error[:, -1].mean()),
