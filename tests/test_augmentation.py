@@ -73,8 +73,9 @@ def test_augmented_episodes_are_well_formed(setup):
         np.testing.assert_array_equal(timesteps[index], dataset.timesteps()[t] - prefix + np.arange(len(index)))
         np.testing.assert_array_equal(augmented.observations[index[:prefix]], dataset.observations[t - prefix:t])
         np.testing.assert_array_equal(augmented.observations[index[1:]], augmented.next_observations[index[:-1]])
-        assert np.isnan(augmented.infos["qpos"][index[prefix:]]).all()
-        np.testing.assert_array_equal(augmented.infos["qpos"][index[:prefix]], dataset.infos["qpos"][t - prefix:t])
+        if "qpos" in dataset.infos:  # simulator states: real ones copied for the prefix, NaN where imagined
+            assert np.isnan(augmented.infos["qpos"][index[prefix:]]).all()
+            np.testing.assert_array_equal(augmented.infos["qpos"][index[:prefix]], dataset.infos["qpos"][t - prefix:t])
 
 
 def test_return_to_go_labels_match_a_hand_computation(setup):
@@ -205,7 +206,7 @@ def test_cli_writes_the_augmented_dataset_and_report(setup, tmp_path):
     written = read_d4rl(out)
     report = json.loads((tmp_path / "out" / "aug_report.json").read_text())
     assert written.size == dataset.size + report["new_transitions"] and report["accepted"] > 0
-    assert {"return_to_go", "timesteps", "imagined", "qpos"} <= set(written.infos)
+    assert {"return_to_go", "timesteps", "imagined", *dataset.infos} <= set(written.infos)
     assert int(written.infos["imagined"].sum()) == report["imagined_transitions"]
     assert (tmp_path / "out" / "aug_report.png").exists()
     not_iql = Run.create(tmp_path / "bc", {"algo": "bc"})
