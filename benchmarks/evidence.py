@@ -122,8 +122,9 @@ def run_chain(chain: list[Spec], out: Path, budget: str, one_core: bool, log_dir
 def mean_std(values: list[float]) -> str:
     if not values:
         return "—"
-    std = statistics.stdev(values) if len(values) > 1 else 0.0
-    return f"{statistics.mean(values):.1f} ± {std:.1f} (n={len(values)})"
+    if len(values) == 1:  # one seed: no spread to report
+        return f"{values[0]:.1f} (1 seed)"
+    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} ({len(values)} seeds)"
 
 
 def collect(all_specs: list[Spec], out: Path) -> dict[str, dict[str, list[dict]]]:
@@ -142,7 +143,8 @@ def format_table(table: str, results: dict[str, dict[str, list[dict]]], datasets
     reference = next((r.get("reference_table") for rows in results.values() for runs in rows.values() for r in runs
                       if r.get("reference_table")), "D4RL reference table")
     per_episode = table == "dwm"
-    header = ["method", *datasets] + (["s / episode (" + d + ")" for d in datasets] if per_episode else [])
+    header = ["method", *datasets] + ([f"s / episode ({d})" for d in datasets] + [f"adaptation chosen ({d})" for d in datasets]
+                                      if per_episode else [])
     lines = [f"Normalised score ({reference}); budget `{budget}`, final checkpoints, mean ± std over training seeds "
              f"of each run's mean over its evaluation episodes.", "",
              "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
@@ -150,8 +152,17 @@ def format_table(table: str, results: dict[str, dict[str, list[dict]]], datasets
         cells = [mean_std([r["normalized_mean"] for r in by_dataset.get(d, [])]) for d in datasets]
         if per_episode:
             cells += [mean_std([seconds_per_episode(r) for r in by_dataset.get(d, [])]) for d in datasets]
+            cells += [", ".join(adaptation_choice(r) for r in by_dataset.get(d, [])) or "—" for d in datasets]
         lines.append("| " + " | ".join([row, *cells]) + " |")
     return "\n".join(lines)
+
+
+def adaptation_choice(result: dict) -> str:
+    """What DWM-MPC's tuning picked (the evaluated policy), or 'n/a' for the base policy's own run."""
+    choice = result.get("adaptation")
+    if choice is None:
+        return "n/a"
+    return f"adapt, lr {choice['lr']:g}" if choice["adapt"] else "no adaptation"
 
 
 def seconds_per_episode(result: dict) -> float:
@@ -198,7 +209,8 @@ def main() -> None:
     one_dataset = args.table in ("ablation", "scaling")
     datasets = args.datasets or (["hopper-medium-replay"] if one_dataset else MEDIUM_REPLAY)
     seeds = args.seeds or ([0, 1] if one_dataset else [0, 1, 2])
-    out = (REPO / args.out).resolve()
+    os.chdir(REPO)  # paths in commands and docs are relative to the repository
+    out = Path(args.out)
     shared = REPO.parent / "shared" / "datasets"
     if "IPDRL_DATASETS" not in os.environ and shared.is_dir():
         os.environ["IPDRL_DATASETS"] = str(shared)
@@ -217,15 +229,15 @@ def main() -> None:
 
     results = collect(specs, out)
     text = format_table(args.table, results, datasets, args.budget)
-    docs = REPO / args.docs
+    docs = Path(args.docs)
     docs.mkdir(parents=True, exist_ok=True)
     if args.table == "scaling":
         plot_scaling(results, datasets[0], docs / "scaling.png")
         text += f"\n\n![score vs imagined:real ratio](scaling.png)"
     command = shlex.join(["python", "benchmarks/evidence.py", *sys.argv[1:]])
     body = (f"# {args.table}\n\nMade by `{command}` ({(time.perf_counter() - started) / 60:.0f} min this "
-            f"invocation). Runs:\n\n" + "\n".join(f"    {shlex.join(s.command(Path(args.out), args.budget))}"
-                                                  for s in specs) + "\n\n" + text + "\n")
+            f"invocation). Runs:\n\n" + "\n".join(f"    {shlex.join(s.command(out, args.budget))}" for s in specs)
+            + "\n\n" + text + "\n")
     (docs / f"{args.table}.md").write_text(body)
     print("\n" + text)
 
