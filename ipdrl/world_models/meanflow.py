@@ -10,8 +10,8 @@ Convention: ``z_t = (1 - t) x + t eps`` (x: normalised state change, eps ~ N(0, 
 whose right side, computed with one ``jax.jvp`` (tangents (v, 0, 1)) and stop-gradient, is the regression
 target. A fraction of pairs has r = t, where the identity is plain flow matching. Sampling is one step,
 ``x = z_1 - u(z_1, 0, 1)`` with ``z_1`` taken from the caller's noise bank, differentiable in (s, a).
-The network is conditioned on (t, t - r) as in the paper; (t, r) are logit-normal, and the squared error is
-adaptively weighted by ``1 / (err + c)^p``.
+The network is conditioned on (t, t - r) as in the paper; (t, r) are logit-normal (wider than the paper's, see
+``Config``), and the squared error is adaptively weighted by ``1 / (err + c)^p``.
 """
 
 from __future__ import annotations
@@ -37,11 +37,15 @@ class Config:
 
     hidden_dims: tuple[int, ...] = (256, 256, 256)
     time_embed_dim: int = 32
-    flow_matching_fraction: float = 0.75
-    """Fraction of training pairs with r = t (plain flow matching); the paper's best is 75%."""
-    time_mean: float = -0.4
+    flow_matching_fraction: float = 0.25
+    """Fraction of training pairs with r = t (plain flow matching). The paper's image setting uses 75%; here the one
+    step that is ever sampled is (r, t) = (0, 1), which needs wide pairs: measured on hopper-medium-replay, 50k
+    updates, held-out next-state MSE 0.016 with 25% (and the wider times below) against 0.91 with the paper's
+    75% / logit-normal(-0.4, 1) (copying the state: 0.17)."""
+    time_mean: float = 0.0
     """Mean of the logit-normal distribution of (r, t)."""
-    time_std: float = 1.0
+    time_std: float = 1.7
+    """Std of that logit-normal; wide, so that pairs near (0, 1) are drawn (the paper's images used 1.0)."""
     adaptive_weight_power: float = 1.0
     """p of the adaptive loss weight 1/(err + c)^p; 0 gives plain MSE."""
     adaptive_weight_eps: float = 1e-3
