@@ -1,7 +1,7 @@
 """The evidence tables: every run is an ``ipdrl train`` command; this script runs the missing ones and prints tables.
 
     python benchmarks/evidence.py TABLE [--seeds 0 1 2] [--datasets hopper-medium-replay ...] [--budget cpu]
-                                        [--jobs 2] [--out runs/evidence] [--docs docs/evidence] [--dry-run]
+                                        [--jobs 2] [--out runs/evidence] [--docs docs/evidence] [--dry-run | --report-only]
 
 Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evaluation episodes):
 
@@ -9,7 +9,8 @@ Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evalua
 - ``main``       IPD vs DT vs IQL vs ReBRAC on the same datasets, 3 seeds (IQL, DT, ReBRAC runs shared with
                  ``baselines``).
 - ``ablation``   hopper-medium-replay, 2 seeds: full IPD; no augmentation; greedy-Q augmentation; alpha 0; classic RTG.
-- ``scaling``    hopper-medium-replay, 2 seeds: IPD with imagined:real ratio 0, 0.25, 0.5, 1, 2 (table and plot).
+- ``scaling``    hopper-medium-replay, 2 seeds: IPD with imagined:real ratio 0, 0.05 (the cpu preset), 0.25, 0.5,
+                 1, 2 (table and plot).
 - ``dwm``        ReBRAC vs DWM-MPC (diffusion) vs DWM-MPC (MeanFlow) on both datasets, 3 seeds, plus seconds per
                  evaluation episode (DWM-MPC reuses the ReBRAC run of the same seed as its base policy).
 
@@ -60,9 +61,13 @@ class Spec:
 
 
 def ipd_variants(dataset: str, seed: int, out: Path, variants: dict[str, list[str]]) -> list[Spec]:
+    """IPD runs sharing one stage cache; identical flags share one run across tables (ratio 0 = no augmentation)."""
     cache = ["--cache-dir", str(out / "ipd-cache" / f"{dataset}-s{seed}")]
-    return [Spec(row, "ipd", dataset, seed, cache + flags, variant=f"ipd-{slug(row)}" if flags else "ipd")
+    return [Spec(row, "ipd", dataset, seed, cache + flags, variant=IPD_RUNS.get(" ".join(flags), f"ipd-{slug(row)}"))
             for row, flags in variants.items()]
+
+
+IPD_RUNS = {"": "ipd", "--augment.ratio 0": "ipd-no-augmentation"}  # run folders named by the ablation table
 
 
 def slug(text: str) -> str:
@@ -85,7 +90,8 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
                     "classic RTG": ["--rtg-mode", "classic"], "value factor 1.5": ["--value-factor", "1.5"]}
         return [ipd_variants(d, s, out, variants) for d in datasets for s in seeds]
     if table == "scaling":
-        variants = {f"ratio {r}": ["--augment.ratio", r] for r in ("0", "0.25", "0.5", "1", "2")}
+        variants = {f"ratio {r}": [] if r == "0.05" else ["--augment.ratio", r]  # 0.05: the cpu preset's own
+                    for r in ("0", "0.05", "0.25", "0.5", "1", "2")}
         return [ipd_variants(d, s, out, variants) for d in datasets for s in seeds]
     if table == "dwm":
         result = []
@@ -204,6 +210,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/evidence")
     parser.add_argument("--docs", default="docs/evidence")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
+    parser.add_argument("--report-only", action="store_true", help="tabulate the finished runs, train nothing")
     args = parser.parse_args()
 
     one_dataset = args.table in ("ablation", "scaling")
@@ -224,8 +231,9 @@ def main() -> None:
     log_dir = out / "logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
-    with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
-        list(pool.map(lambda chain: run_chain(chain, out, args.budget, args.jobs > 1, log_dir), groups))
+    if not args.report_only:
+        with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
+            list(pool.map(lambda chain: run_chain(chain, out, args.budget, args.jobs > 1, log_dir), groups))
 
     results = collect(specs, out)
     text = format_table(args.table, results, datasets, args.budget)
