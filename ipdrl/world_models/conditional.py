@@ -157,6 +157,18 @@ def regression_learner(
     return Learner(fields=dict(fields), init=init, update=update, sample=sample, policy=None, policy_params=None)
 
 
+def transition_learner(net: nn.Module, time_dims: int, loss: Callable[[Any, dict[str, jax.Array], jax.Array], jax.Array],
+                       config: Any, dataset: Dataset) -> Learner:
+    """:func:`regression_learner` for a next-state model ``net(z, times (..., time_dims), obs, act)`` trained on
+    ``dataset`` (the training split); ``config`` supplies batch_size, learning_rate and members."""
+    stats = transition_stats(dataset)
+    dummy = (jnp.zeros((1, dataset.obs_dim)), jnp.zeros((1, time_dims)), jnp.zeros((1, dataset.obs_dim)),
+             jnp.zeros((1, dataset.act_dim)))
+    return regression_learner(init_net=lambda key: net.init(key, *dummy), loss=loss,
+                              fields=transition_fields(dataset, stats), stats=stats, batch_size=config.batch_size,
+                              learning_rate=config.learning_rate, members=config.members)
+
+
 def model_of(state: Mapping[str, Any]) -> Model:
     """The trained model (network + statistics) inside a :func:`regression_learner` state."""
     return {"net": state["net"], "stats": state["stats"]}

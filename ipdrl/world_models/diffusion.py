@@ -76,18 +76,8 @@ def loss(config: Config, net: ConditionalMLP, params: Any, batch: dict[str, jax.
 def make_learner(config: Config, dataset: Dataset) -> Learner:
     """Train on ``dataset`` (the training split); state holds the ensemble and the normalisation statistics."""
     net = network(config, dataset.obs_dim)
-    stats = conditional.transition_stats(dataset)
-    dummy = (jnp.zeros((1, dataset.obs_dim)), jnp.zeros((1, 1)), jnp.zeros((1, dataset.obs_dim)),
-             jnp.zeros((1, dataset.act_dim)))
-    return conditional.regression_learner(
-        init_net=lambda key: net.init(key, *dummy),
-        loss=lambda params, batch, key: loss(config, net, params, batch, key),
-        fields=conditional.transition_fields(dataset, stats),
-        stats=stats,
-        batch_size=config.batch_size,
-        learning_rate=config.learning_rate,
-        members=config.members,
-    )
+    return conditional.transition_learner(net, 1, lambda params, batch, key: loss(config, net, params, batch, key),
+                                          config, dataset)
 
 
 def sample(config: Config, model: Model, obs: jax.Array, act: jax.Array, noise: jax.Array) -> jax.Array:
