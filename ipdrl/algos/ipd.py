@@ -305,8 +305,10 @@ def evaluate_pipeline(config: Config, dataset: Dataset, run: Run, env_id: str) -
     if not run.has_checkpoint("policy_checkpoint"):
         raise FileNotFoundError(f"{run.path} has no stage-4 policy checkpoint yet: train it first (or --resume it).")
     iql_template = jax.jit(iql.make_learner(config.iql, dataset).init)(jax.random.PRNGKey(config.seed))
-    placeholder = np.zeros(dataset.size, np.float32)  # labels only shape the training fields, unused here
-    learner = policy_learner(config, dataset, iql_template, placeholder, dataset.timesteps())
+    # Acting needs no return labels: they only shape the training fields, and the return target that the classic
+    # rule starts from is part of the checkpointed state, so zeros of the right shape serve as the template.
+    template_labels = np.zeros(dataset.size, np.float32)
+    learner = policy_learner(config, dataset, iql_template, template_labels, dataset.timesteps())
     state, step = run.load_checkpoint(learner.init(jax.random.PRNGKey(config.seed)), "policy_checkpoint")
     result = final_evaluation(learner, state, config, env_id, dataset.name)
     return {**result, "step": step}
