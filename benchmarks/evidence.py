@@ -9,6 +9,8 @@ Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evalua
 - ``main``       IPD vs DT vs IQL vs ReBRAC on the same datasets, 3 seeds (IQL, DT, ReBRAC runs shared with
                  ``baselines``).
 - ``ablation``   hopper-medium-replay, 2 seeds: full IPD; no augmentation; greedy-Q augmentation; alpha 0; classic RTG.
+- ``tokens``     hopper-medium-replay, 1 seed: why IPD trails DT — stage 4's return tokens and value term varied
+                 (value factor, classic RTG, alpha 0, undiscounted tokens) next to DT.
 - ``scaling``    hopper-medium-replay, 2 seeds: IPD with imagined:real ratio 0, 0.05 (the cpu preset), 0.25, 0.5,
                  1, 2 (table and plot).
 - ``dwm``        ReBRAC vs DWM-MPC (diffusion) vs DWM-MPC (MeanFlow) on both datasets, 3 seeds, plus seconds per
@@ -28,6 +30,7 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import statistics
 import subprocess
 import sys
@@ -87,8 +90,22 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
     if table == "ablation":
         variants = {"IPD": [], "no augmentation": ["--augment.ratio", "0"],
                     "greedy-Q augmentation": ["--augment.mode", "greedy-q"], "alpha = 0": ["--alpha", "0"],
-                    "classic RTG": ["--rtg-mode", "classic"], "value factor 1.5": ["--value-factor", "1.5"]}
+                    "classic RTG": ["--rtg-mode", "classic"]}
         return [ipd_variants(d, s, out, variants) for d in datasets for s in seeds]
+    if table == "tokens":
+        classic, undiscounted = ["--rtg-mode", "classic"], ["--return-discount", "1", "--return-scale", "1000"]
+        dt_target = ["--target-return", "1830"]
+        variants = {"IPD": [], "alpha = 0": ["--alpha", "0"], "value factor 1.5": ["--value-factor", "1.5"],
+                    "value factor 2": ["--value-factor", "2"], "classic RTG": classic,
+                    "alpha = 0, classic RTG": ["--alpha", "0", *classic],
+                    "undiscounted tokens, classic RTG": classic + undiscounted,
+                    "undiscounted tokens, classic RTG, alpha = 0": ["--alpha", "0", *classic, *undiscounted],
+                    # DT's hopper target 3600 in V's units (IQL's hopper reward scale 0.508)
+                    "undiscounted tokens, classic RTG, target 1830": classic + undiscounted + dt_target,
+                    "undiscounted tokens, classic RTG, alpha = 0, target 1830": ["--alpha", "0", *classic,
+                                                                                 *undiscounted, *dt_target]}
+        return ([ipd_variants(d, s, out, variants) for d in datasets for s in seeds]
+                + [[Spec("DT (classic RTG, undiscounted raw returns)", "dt", d, s)] for d in datasets for s in seeds])
     if table == "scaling":
         variants = {f"ratio {r}": [] if r == "0.05" else ["--augment.ratio", r]  # 0.05: the cpu preset's own
                     for r in ("0", "0.05", "0.25", "0.5", "1", "2")}
@@ -104,7 +121,15 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
                                              base_flag + ["--model", model, "--tune"], variant=f"dwm-mpc-{model}")
                                         for model in ("meanflow", "diffusion")])
         return result
-    raise SystemExit(f"unknown table {table!r}; choose baselines, main, ablation, scaling or dwm.")
+    raise SystemExit(f"unknown table {table!r}; choose baselines, main, ablation, tokens, scaling or dwm.")
+
+
+def ipdrl_script() -> str:
+    """The ``ipdrl`` script of the environment running this file (an unactivated venv works too)."""
+    script = shutil.which("ipdrl", path=str(Path(sys.executable).parent)) or shutil.which("ipdrl")
+    if script is None:
+        raise SystemExit("the `ipdrl` command is not installed: run `pip install -e .` in this environment first.")
+    return script
 
 
 def run_chain(chain: list[Spec], out: Path, budget: str, one_core: bool, log_dir: Path) -> None:
@@ -116,6 +141,7 @@ def run_chain(chain: list[Spec], out: Path, budget: str, one_core: bool, log_dir
             continue
         command = spec.command(out, budget)
         log_path = log_dir / f"{spec.variant or spec.algo}-{spec.dataset}-s{spec.seed}.log"
+        command[0] = ipdrl_script()
         started = time.perf_counter()
         print(f"[evidence] start  {shlex.join(command)}", flush=True)
         with open(log_path, "w") as log:
@@ -202,7 +228,7 @@ def plot_scaling(results: dict[str, dict[str, list[dict]]], dataset: str, path: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=["baselines", "main", "ablation", "scaling", "dwm"])
+    parser.add_argument("table", choices=["baselines", "main", "ablation", "tokens", "scaling", "dwm"])
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--datasets", nargs="+")
     parser.add_argument("--budget", default="cpu")
@@ -213,9 +239,9 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="tabulate the finished runs, train nothing")
     args = parser.parse_args()
 
-    one_dataset = args.table in ("ablation", "scaling")
+    one_dataset = args.table in ("ablation", "tokens", "scaling")
     datasets = args.datasets or (["hopper-medium-replay"] if one_dataset else MEDIUM_REPLAY)
-    seeds = args.seeds or ([0, 1] if one_dataset else [0, 1, 2])
+    seeds = args.seeds or {"tokens": [0], "ablation": [0, 1], "scaling": [0, 1]}.get(args.table, [0, 1, 2])
     os.chdir(REPO)  # paths in commands and docs are relative to the repository
     out = Path(args.out)
     shared = REPO.parent / "shared" / "datasets"
@@ -232,6 +258,7 @@ def main() -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     if not args.report_only:
+        ipdrl_script()  # fail before starting any thread
         with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
             list(pool.map(lambda chain: run_chain(chain, out, args.budget, args.jobs > 1, log_dir), groups))
 

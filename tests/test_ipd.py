@@ -113,6 +113,19 @@ def test_no_augmentation_ablation_uses_value_labels_of_the_real_data(first_run):
     np.testing.assert_array_equal(timesteps, dataset.timesteps())
 
 
+def test_undiscounted_return_tokens_relabel_the_cached_augmented_data(first_run):
+    folder, config, _ = first_run
+    dataset = read_d4rl(config.dataset)
+    run = Run.create(folder / "run5", {})
+    _, _, discounted, _, _ = ipd.training_data(config, dataset, run, None)
+    undiscounted = dataclasses.replace(config, return_discount=1.0)
+    iql_state, data, labels, _, stages = ipd.training_data(undiscounted, dataset, run, None)
+    assert stages["augment"]["cached"] and data.size > dataset.size
+    values = augmentation.from_iql(config.iql, iql_state, dataset.act_dim)._replace(gamma=1.0)
+    np.testing.assert_allclose(labels, augmentation.return_labels(data, values), rtol=1e-6)
+    assert labels.max() > discounted.max()  # undiscounted: nothing shrinks what lies ahead
+
+
 def test_config_round_trips_through_config_json_and_rejects_bad_settings(tmp_path):
     config = tiny_config(tmp_path, alpha=0.3)
     saved = json.loads(json.dumps(pipelines.config_dict("ipd", config)))
@@ -122,6 +135,8 @@ def test_config_round_trips_through_config_json_and_rejects_bad_settings(tmp_pat
     assert config.iql.seed == config.seed and config.iql.dataset == config.dataset
     with pytest.raises(ValueError, match="rtg-mode"):
         tiny_config(tmp_path, rtg_mode="fixed")
+    with pytest.raises(ValueError, match="return-discount"):
+        tiny_config(tmp_path, return_discount=0.0)
     with pytest.raises(ValueError, match="unknown AugmentConfig settings"):
         tiny_config(tmp_path, augment={"horizn": 3})
     assert presets.make_config(ipd, "halfcheetah-medium", "tiny").alpha == 0.4

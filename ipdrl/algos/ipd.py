@@ -98,6 +98,10 @@ class Config(dt.Config):
     return-to-go label at an episode start of the training data."""
     finetune_critic: bool = False
     """Keep training the critic (IQL's losses) on D_aug alongside the policy; default: frozen."""
+    return_discount: float | None = None
+    """Discount of the training return tokens and of the classic rule's decrement; default: V's gamma, as the method
+    has it (tokens in V's units, so V(s_t) is an in-distribution token). 1.0: undiscounted tokens (with imagined
+    segments still bootstrapped with V) — a research variant for ``--rtg-mode classic``; V(s_t) is discounted."""
     return_scale: float = 100.0
     """Return tokens are V-unit returns-to-go divided by this (IQL's reward scaling keeps V within a few hundred)."""
     cache_dir: str = "runs/.cache"
@@ -114,6 +118,8 @@ class Config(dt.Config):
             raise ValueError(f"unknown --rtg-mode {self.rtg_mode!r}: use 'value' or 'classic'.")
         if self.alpha < 0 or self.return_scale <= 0:
             raise ValueError("--alpha must be >= 0 and --return-scale > 0.")
+        if self.return_discount is not None and not 0 < self.return_discount <= 1:
+            raise ValueError(f"--return-discount must be in (0, 1], got {self.return_discount}.")
 
 
 def _as_dataclass(cls: type, value: Any) -> Any:
@@ -239,7 +245,7 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
         target=config.target_return if config.target_return is not None else float(first_labels.max()),
         reward_scale=scale,
         reward_shift=shift,
-        discount=config.iql.discount,
+        discount=token_discount(config),
         value_factor=config.value_factor if config.rtg_mode == "value" else None,
     )
     if config.finetune_critic:
@@ -255,6 +261,10 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
     return dt.make_learner(config, data, returns, critic, config.alpha)
 
 
+def token_discount(config: Config) -> float:
+    return config.iql.discount if config.return_discount is None else config.return_discount
+
+
 def training_data(config: Config, dataset: Dataset, run: Run, env_id: str | None
                   ) -> tuple[dict, Dataset, np.ndarray, np.ndarray, dict[str, Any]]:
     """Stages 1-3: (IQL state, training data, return labels, timesteps, stage info)."""
@@ -262,17 +272,19 @@ def training_data(config: Config, dataset: Dataset, run: Run, env_id: str | None
     iql_state, iql_info = value_stage(config, dataset, run, env_id)
     values = augmentation.from_iql(config.iql, iql_state, dataset.act_dim)
     stages: dict[str, Any] = {"iql": iql_info}
+    token_values = values._replace(gamma=token_discount(config))
     if config.augment.ratio <= 0:
         announce(run, 2, "world model skipped (--augment.ratio 0: no augmentation)")
         announce(run, 3, "augmentation skipped; return labels of the real data")
-        labels = augmentation.return_labels(dataset, values)
-        return iql_state, dataset, labels, dataset.timesteps(), stages
+        return iql_state, dataset, augmentation.return_labels(dataset, token_values), dataset.timesteps(), stages
     announce(run, 2, "ensemble world model" + (f" from {config.world_model}" if config.world_model else ""))
     model, stages["world_model"] = world_model_stage(config, dataset)
     announce(run, 3, f"{config.augment.mode} augmentation (imagined:real target {config.augment.ratio})")
     augmented, stages["augment"] = augmentation_stage(config, dataset, values, model,
                                                       [iql_info["key"], stages["world_model"]["key"]])
-    return (iql_state, augmented, augmented.infos["return_to_go"], augmented.infos["timesteps"], stages)
+    labels = (augmented.infos["return_to_go"] if config.return_discount is None
+              else augmentation.return_labels(augmented, token_values))
+    return iql_state, augmented, labels, augmented.infos["timesteps"], stages
 
 
 def run_pipeline(config: Config, dataset: Dataset, run: Run, env_id: str) -> dict[str, Any]:
