@@ -71,6 +71,17 @@ def ipd_variants(dataset: str, seed: int, out: Path, variants: dict[str, list[st
 
 
 IPD_RUNS = {"": "ipd", "--augment.ratio 0": "ipd-no-augmentation"}  # run folders named by the ablation table
+# DT's target returns (3600 hopper, 12000 halfcheetah) in V's units: times IQL's reward scale on each dataset.
+DT_TARGETS_IN_V_UNITS = {"hopper-medium-replay": 1830, "halfcheetah-medium-replay": 2177}
+UNDISCOUNTED_CLASSIC = ["--rtg-mode", "classic", "--return-discount", "1", "--return-scale", "1000"]
+
+
+def dt_style_ipd(dataset: str, seed: int, out: Path) -> Spec:
+    """IPD's value-guided transformer conditioned like DT: undiscounted tokens, a fixed ambitious target, decremented."""
+    target = DT_TARGETS_IN_V_UNITS[dataset]
+    [spec] = ipd_variants(dataset, seed, out, {"IPD, DT-style tokens": UNDISCOUNTED_CLASSIC + ["--target-return", str(target)]})
+    spec.variant = f"ipd-undiscounted-tokens-classic-rtg-target-{target}"
+    return spec
 
 
 def slug(text: str) -> str:
@@ -84,7 +95,7 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
                 (("BC", "bc"), ("IQL", "iql"), ("TD3+BC", "td3bc"), ("ReBRAC", "rebrac"), ("DT", "dt"))
                 for d in datasets for s in seeds]
     if table == "main":
-        return ([ipd_variants(d, s, out, {"IPD": []}) for d in datasets for s in seeds]
+        return ([ipd_variants(d, s, out, {"IPD": []}) + [dt_style_ipd(d, s, out)] for d in datasets for s in seeds]
                 + [[Spec(name, algo, d, s)] for name, algo in (("DT", "dt"), ("IQL", "iql"), ("ReBRAC", "rebrac"))
                    for d in datasets for s in seeds])
     if table == "ablation":
@@ -93,14 +104,13 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
                     "classic RTG": ["--rtg-mode", "classic"]}
         return [ipd_variants(d, s, out, variants) for d in datasets for s in seeds]
     if table == "tokens":
-        classic, undiscounted = ["--rtg-mode", "classic"], ["--return-discount", "1", "--return-scale", "1000"]
-        dt_target = ["--target-return", "1830"]
+        classic, undiscounted = UNDISCOUNTED_CLASSIC[:2], UNDISCOUNTED_CLASSIC[2:]
+        dt_target = ["--target-return", str(DT_TARGETS_IN_V_UNITS["hopper-medium-replay"])]
         variants = {"IPD": [], "alpha = 0": ["--alpha", "0"], "value factor 1.5": ["--value-factor", "1.5"],
                     "value factor 2": ["--value-factor", "2"], "classic RTG": classic,
                     "alpha = 0, classic RTG": ["--alpha", "0", *classic],
                     "undiscounted tokens, classic RTG": classic + undiscounted,
                     "undiscounted tokens, classic RTG, alpha = 0": ["--alpha", "0", *classic, *undiscounted],
-                    # DT's hopper target 3600 in V's units (IQL's hopper reward scale 0.508)
                     "undiscounted tokens, classic RTG, target 1830": classic + undiscounted + dt_target,
                     "undiscounted tokens, classic RTG, alpha = 0, target 1830": ["--alpha", "0", *classic,
                                                                                  *undiscounted, *dt_target]}
