@@ -12,7 +12,9 @@ discounted return-to-go in V's units (imagined segments bootstrapped with V at t
 classic`` instead asks for a fixed target and decrements it by the observed (scaled) rewards.
 
 Ablations: ``--augment.ratio 0`` (no augmentation: stages 2-3 skipped, labels from the real data),
-``--augment.mode greedy-q``, ``--alpha 0``, ``--rtg-mode classic``.
+``--augment.mode greedy-q``, ``--alpha 0``, ``--rtg-mode classic``. Conditioning like DT instead — undiscounted
+tokens and a fixed, ambitious target: ``--rtg-mode classic --return-discount 1 --return-scale 1000 --target-return T``
+(T in V's units; docs/evidence/tokens.md measures why this matters at the ``cpu`` budget).
 
 Stages 1-3 are cached under ``cache_dir``, each keyed by a hash of what it depends on: IQL by (dataset
 fingerprint, IQL settings, seed); the world model by (dataset fingerprint, ensemble settings, seed), or the
