@@ -89,7 +89,7 @@ def main() -> None:
         if report_path.exists():
             lines.append(row(json.loads(report_path.read_text())))
     table = "\n".join(lines)
-    invocation = shlex.join(["python", "benchmarks/augment_all.py", *sys.argv[1:]])
+    invocation = shlex.join(["python", "benchmarks/augment_all.py", *(a for a in sys.argv[1:] if a != "--report-only")])
     body = (f"# IPD augmentation on every shared dataset\n\nMade by `{invocation}`; `{args.budget}` budget, seed 0, "
             f"MPC mode, disagreement uncertainty with κ its 90% quantile on the dataset's own pairs. Runs:\n\n"
             + "\n".join(f"    {shlex.join(c)}" for c in commands.values())

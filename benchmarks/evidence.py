@@ -279,9 +279,10 @@ def main() -> None:
     if args.table == "scaling":
         plot_scaling(results, datasets[0], docs / "scaling.png")
         text += f"\n\n![score vs imagined:real ratio](scaling.png)"
-    command = shlex.join(["python", "benchmarks/evidence.py", *sys.argv[1:]])
-    body = (f"# {args.table}\n\nMade by `{command}` ({(time.perf_counter() - started) / 60:.0f} min this "
-            f"invocation). Runs:\n\n" + "\n".join(f"    {shlex.join(s.command(out, args.budget))}" for s in specs)
+    # The command that makes the table (a --report-only rewrite names the command that trains its missing runs).
+    command = shlex.join(["python", "benchmarks/evidence.py", *(a for a in sys.argv[1:] if a != "--report-only")])
+    took = "" if args.report_only else f" ({(time.perf_counter() - started) / 60:.0f} min this invocation)"
+    body = (f"# {args.table}\n\nMade by `{command}`{took}; rows show the runs finished so far. Runs:\n\n" + "\n".join(f"    {shlex.join(s.command(out, args.budget))}" for s in specs)
             + "\n\n" + text + "\n")
     (docs / f"{args.table}.md").write_text(body)
     print("\n" + text)
