@@ -6,8 +6,8 @@
 Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evaluation episodes):
 
 - ``baselines``  BC, IQL, TD3+BC, ReBRAC, DT on hopper- and halfcheetah-medium-replay, 3 seeds.
-- ``main``       IPD vs DT vs IQL vs ReBRAC on the same datasets, 3 seeds (IQL, DT, ReBRAC runs shared with
-                 ``baselines``).
+- ``main``       IPD (and IPD with DT-style tokens) vs DT vs IQL vs ReBRAC on the same datasets, 3 seeds (IQL, DT,
+                 ReBRAC runs shared with ``baselines``).
 - ``ablation``   hopper-medium-replay, 2 seeds: full IPD; no augmentation; greedy-Q augmentation; alpha 0; classic RTG.
 - ``tokens``     hopper-medium-replay, 1 seed: why IPD trails DT — stage 4's return tokens and value term varied
                  (value factor, classic RTG, alpha 0, undiscounted tokens) next to DT.
@@ -79,7 +79,8 @@ UNDISCOUNTED_CLASSIC = ["--rtg-mode", "classic", "--return-discount", "1", "--re
 def dt_style_ipd(dataset: str, seed: int, out: Path) -> Spec:
     """IPD's value-guided transformer conditioned like DT: undiscounted tokens, a fixed ambitious target, decremented."""
     target = DT_TARGETS_IN_V_UNITS[dataset]
-    [spec] = ipd_variants(dataset, seed, out, {"IPD, DT-style tokens": UNDISCOUNTED_CLASSIC + ["--target-return", str(target)]})
+    flags = UNDISCOUNTED_CLASSIC + ["--target-return", str(target)]
+    [spec] = ipd_variants(dataset, seed, out, {"IPD, DT-style tokens": flags})
     spec.variant = f"ipd-undiscounted-tokens-classic-rtg-target-{target}"
     return spec
 
@@ -282,8 +283,8 @@ def main() -> None:
     # The command that makes the table (a --report-only rewrite names the command that trains its missing runs).
     command = shlex.join(["python", "benchmarks/evidence.py", *(a for a in sys.argv[1:] if a != "--report-only")])
     took = "" if args.report_only else f" ({(time.perf_counter() - started) / 60:.0f} min this invocation)"
-    body = (f"# {args.table}\n\nMade by `{command}`{took}; rows show the runs finished so far. Runs:\n\n" + "\n".join(f"    {shlex.join(s.command(out, args.budget))}" for s in specs)
-            + "\n\n" + text + "\n")
+    runs = "\n".join(f"    {shlex.join(s.command(out, args.budget))}" for s in specs)
+    body = f"# {args.table}\n\nMade by `{command}`{took}; rows show the runs finished so far. Runs:\n\n{runs}\n\n{text}\n"
     (docs / f"{args.table}.md").write_text(body)
     print("\n" + text)
 
