@@ -24,7 +24,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evidence import ONE_CORE, ipdrl_script  # noqa: E402
+from evidence import ONE_CORE, ipdrl_script, making_command, use_shared_datasets  # noqa: E402
 
 DATASETS = ["hopper-medium-replay", "hopper-medium", "hopper-random",
             "halfcheetah-medium-replay", "halfcheetah-medium", "halfcheetah-random"]
@@ -69,9 +69,7 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="tabulate the finished reports, run nothing")
     args = parser.parse_args()
     os.chdir(REPO)
-    shared = REPO.parent / "shared" / "datasets"
-    if "IPDRL_DATASETS" not in os.environ and shared.is_dir():
-        os.environ["IPDRL_DATASETS"] = str(shared)
+    use_shared_datasets()
     out, evidence = Path(args.out), Path(args.evidence)
     out.mkdir(parents=True, exist_ok=True)
     commands = {d: command(d, args.budget, out, evidence) for d in args.datasets}
@@ -89,7 +87,7 @@ def main() -> None:
         if report_path.exists():
             lines.append(row(json.loads(report_path.read_text())))
     table = "\n".join(lines)
-    invocation = shlex.join(["python", "benchmarks/augment_all.py", *(a for a in sys.argv[1:] if a != "--report-only")])
+    invocation = making_command()
     body = (f"# IPD augmentation on every shared dataset\n\nMade by `{invocation}`; `{args.budget}` budget, seed 0, "
             f"MPC mode, disagreement uncertainty with κ its 90% quantile on the dataset's own pairs. Runs:\n\n"
             + "\n".join(f"    {shlex.join(c)}" for c in commands.values())

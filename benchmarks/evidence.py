@@ -135,6 +135,19 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
     raise SystemExit(f"unknown table {table!r}; choose baselines, main, ablation, tokens, scaling or dwm.")
 
 
+def use_shared_datasets() -> None:
+    """Look datasets up in the shared benchmark folder ``../shared/datasets`` unless $IPDRL_DATASETS says otherwise."""
+    shared = REPO.parent / "shared" / "datasets"
+    if "IPDRL_DATASETS" not in os.environ and shared.is_dir():
+        os.environ["IPDRL_DATASETS"] = str(shared)
+
+
+def making_command() -> str:
+    """This script's command line as it makes a table: a --report-only rewrite names the command that trains."""
+    script = Path(sys.modules["__main__"].__file__).resolve().relative_to(REPO)  # absolute since Python 3.9
+    return shlex.join(["python", str(script), *(a for a in sys.argv[1:] if a != "--report-only")])
+
+
 def ipdrl_script() -> str:
     """The ``ipdrl`` script of the environment running this file (an unactivated venv works too)."""
     script = shutil.which("ipdrl", path=str(Path(sys.executable).parent)) or shutil.which("ipdrl")
@@ -255,9 +268,7 @@ def main() -> None:
     seeds = args.seeds or {"tokens": [0], "ablation": [0, 1], "scaling": [0, 1]}.get(args.table, [0, 1, 2])
     os.chdir(REPO)  # paths in commands and docs are relative to the repository
     out = Path(args.out)
-    shared = REPO.parent / "shared" / "datasets"
-    if "IPDRL_DATASETS" not in os.environ and shared.is_dir():
-        os.environ["IPDRL_DATASETS"] = str(shared)
+    use_shared_datasets()
 
     groups = chains(args.table, datasets, seeds, out)
     specs = [spec for chain in groups for spec in chain]
@@ -280,8 +291,7 @@ def main() -> None:
     if args.table == "scaling":
         plot_scaling(results, datasets[0], docs / "scaling.png")
         text += f"\n\n![score vs imagined:real ratio](scaling.png)"
-    # The command that makes the table (a --report-only rewrite names the command that trains its missing runs).
-    command = shlex.join(["python", "benchmarks/evidence.py", *(a for a in sys.argv[1:] if a != "--report-only")])
+    command = making_command()
     took = "" if args.report_only else f" ({(time.perf_counter() - started) / 60:.0f} min this invocation)"
     runs = "\n".join(f"    {shlex.join(s.command(out, args.budget))}" for s in specs)
     body = f"# {args.table}\n\nMade by `{command}`{took}; rows show the runs finished so far. Runs:\n\n{runs}\n\n{text}\n"
