@@ -1,11 +1,14 @@
-"""The evidence tables: every run is an ``ipdrl train`` command; this script runs the missing ones and prints tables.
+"""The evidence tables: every run is an ``ipdrl train`` command (d3rlpy's: ``d3rlpy_quality.py``); this script runs
+the missing ones and prints tables.
 
     python benchmarks/evidence.py TABLE [--seeds 0 1 2] [--datasets hopper-medium-replay ...] [--budget cpu]
                                         [--jobs 2] [--out runs/evidence] [--docs docs/evidence] [--dry-run | --report-only]
 
 Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evaluation episodes):
 
-- ``baselines``  BC, IQL, TD3+BC, ReBRAC, DT on hopper- and halfcheetah-medium-replay, 3 seeds.
+- ``baselines``  BC, IQL, TD3+BC, ReBRAC, DT on hopper- and halfcheetah-medium-replay, 3 seeds; then d3rlpy 2.8.1's
+                 IQL, TD3+BC and DT with the same budget and evaluation (``benchmarks/d3rlpy_quality.py``, in its own
+                 virtualenv), on the first 2 of those seeds.
 - ``main``       IPD (and IPD with DT-style tokens) vs DT vs IQL vs ReBRAC on the same datasets, 3 seeds (IQL, DT,
                  ReBRAC runs shared with ``baselines``).
 - ``ablation``   hopper-medium-replay, 2 seeds: full IPD; no augmentation; greedy-Q augmentation; alpha 0; classic RTG.
@@ -15,9 +18,11 @@ Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evalua
                  1, 2 (table and plot).
 - ``dwm``        ReBRAC vs DWM-MPC (diffusion) vs DWM-MPC (MeanFlow) on both datasets, 3 seeds, plus seconds per
                  evaluation episode (DWM-MPC reuses the ReBRAC run of the same seed as its base policy).
+- ``dwm-extensions``  hopper-medium-replay, 2 seeds: DWM-MPC (MeanFlow) plain vs with a proximity penalty,
+                 termination masking, or an ensemble-disagreement penalty (the first three reuse the plain run's models).
 
 Runs live in ``--out/<algo-variant>/<dataset>-s<seed>`` and are skipped when their ``results.json`` exists, so a
-rerun (or another table) only trains what is missing; an interrupted run resumes (``--resume``). IPD variants of
+rerun (or another table) only trains what is missing; an interrupted run resumes (``--resume``; d3rlpy's start over). IPD variants of
 one (dataset, seed) share stages 1-3 through one stage cache and run one after the other; independent chains run
 ``--jobs`` at a time, each process pinned to one core's worth of XLA threads. Each table is written to
 ``--docs/<table>.md`` with the commands that made it. Datasets are looked up in ``$IPDRL_DATASETS``, defaulting to
@@ -44,9 +49,15 @@ MEDIUM_REPLAY = ["hopper-medium-replay", "halfcheetah-medium-replay"]
 ONE_CORE = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 
 
+IPDRL_TRAIN = ("ipdrl", "train")
+D3RLPY_QUALITY = ("python", "benchmarks/d3rlpy_quality.py")  # takes the same core flags; trains d3rlpy's algorithm
+D3RLPY_SEEDS = 2  # d3rlpy's rows run on the first this-many seeds of the table
+
+
 @dataclass
 class Spec:
-    """One ``ipdrl train`` run: the row it fills, and its command-line flags beyond algo/dataset/seed/budget."""
+    """One ``ipdrl train`` run (or another ``program`` taking the same core flags): the row it fills, and its
+    command-line flags beyond algo/dataset/seed/budget."""
 
     row: str
     algo: str
@@ -54,13 +65,16 @@ class Spec:
     seed: int
     flags: list[str] = field(default_factory=list)
     variant: str = ""
+    program: tuple[str, ...] = IPDRL_TRAIN
 
     def run_dir(self, out: Path) -> Path:
         return out / (self.variant or self.algo) / f"{self.dataset}-s{self.seed}"
 
     def command(self, out: Path, budget: str) -> list[str]:
-        return ["ipdrl", "train", "--algo", self.algo, "--budget", budget, "--dataset", self.dataset,
-                "--seed", str(self.seed), "--run-dir", str(self.run_dir(out)), "--resume", "--no-progress", *self.flags]
+        # only ipdrl resumes from checkpoints and draws a progress bar; d3rlpy_quality.py skips finished runs itself
+        own = ["--resume", "--no-progress"] if self.program == IPDRL_TRAIN else []
+        return [*self.program, "--algo", self.algo, "--budget", budget, "--dataset", self.dataset,
+                "--seed", str(self.seed), "--run-dir", str(self.run_dir(out)), *own, *self.flags]
 
 
 def ipd_variants(dataset: str, seed: int, out: Path, variants: dict[str, list[str]]) -> list[Spec]:
@@ -92,9 +106,12 @@ def slug(text: str) -> str:
 def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list[list[Spec]]:
     """The runs of ``table``, grouped into chains that must run in order (shared caches, base runs)."""
     if table == "baselines":
-        return [[Spec(name, algo, d, s)] for name, algo in
-                (("BC", "bc"), ("IQL", "iql"), ("TD3+BC", "td3bc"), ("ReBRAC", "rebrac"), ("DT", "dt"))
-                for d in datasets for s in seeds]
+        return ([[Spec(name, algo, d, s)] for name, algo in
+                 (("BC", "bc"), ("IQL", "iql"), ("TD3+BC", "td3bc"), ("ReBRAC", "rebrac"), ("DT", "dt"))
+                 for d in datasets for s in seeds]
+                + [[Spec(f"d3rlpy {name}", algo, d, s, variant=f"d3rlpy-{algo}", program=D3RLPY_QUALITY)]
+                   for name, algo in (("IQL", "iql"), ("TD3+BC", "td3bc"), ("DT", "dt"))
+                   for d in datasets for s in seeds[:D3RLPY_SEEDS]])
     if table == "main":
         return ([ipd_variants(d, s, out, {"IPD": []}) + [dt_style_ipd(d, s, out)] for d in datasets for s in seeds]
                 + [[Spec(name, algo, d, s)] for name, algo in (("DT", "dt"), ("IQL", "iql"), ("ReBRAC", "rebrac"))
@@ -122,17 +139,35 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
                     for r in ("0", "0.05", "0.25", "0.5", "1", "2")}
         return [ipd_variants(d, s, out, variants) for d in datasets for s in seeds]
     if table == "dwm":
+        return [[Spec("ReBRAC", "rebrac", d, s)] + [dwm_mpc(model, d, s, out) for model in ("meanflow", "diffusion")]
+                for d in datasets for s in seeds]
+    if table == "dwm-extensions":
         result = []
         for d in datasets:
             for s in seeds:
-                base = Spec("ReBRAC", "rebrac", d, s)
-                base_flag = ["--base-run", str(base.run_dir(out))]
-                # --tune: adapt-or-not and the step size are chosen on tuning seeds apart from the evaluation seeds
-                result.append([base] + [Spec(f"DWM-MPC ({model})", "dwm-mpc", d, s,
-                                             base_flag + ["--model", model, "--tune"], variant=f"dwm-mpc-{model}")
-                                        for model in ("meanflow", "diffusion")])
+                plain = dwm_mpc("meanflow", d, s, out)
+                reuse = ["--models-from", str(plain.run_dir(out))]  # same trained models: only the optimiser differs
+                variants = {f"proximity penalty {lam}": reuse + ["--proximity-penalty", lam] for lam in ("1", "10", "100")}
+                variants["termination masking"] = reuse + ["--terminations"]
+                ensemble = dwm_mpc("meanflow", d, s, out, "disagreement penalty 10 (3 models)",
+                                   ["--ensemble-size", "3", "--disagreement-penalty", "10"])
+                chain = [Spec("ReBRAC", "rebrac", d, s), plain]
+                chain += [dwm_mpc("meanflow", d, s, out, row, flags) for row, flags in variants.items()]
+                chain += [ensemble, dwm_mpc("meanflow", d, s, out, "disagreement penalty 100 (3 models)",
+                                            ["--models-from", str(ensemble.run_dir(out)), "--ensemble-size", "3",
+                                             "--disagreement-penalty", "100"])]
+                result.append(chain)
         return result
-    raise SystemExit(f"unknown table {table!r}; choose baselines, main, ablation, tokens, scaling or dwm.")
+    raise SystemExit(f"unknown table {table!r}; choose baselines, main, ablation, tokens, scaling, dwm or dwm-extensions.")
+
+
+def dwm_mpc(model: str, dataset: str, seed: int, out: Path, row: str = "", flags: list[str] | None = None) -> Spec:
+    """DWM-MPC on the ReBRAC run of the same seed; --tune chooses adapt-or-not and the step size on tuning seeds
+    kept apart from the evaluation seeds. ``row``/``flags`` name and configure a variant of the plain method."""
+    base = ["--base-run", str(Spec("ReBRAC", "rebrac", dataset, seed).run_dir(out)), "--model", model, "--tune"]
+    variant = f"dwm-mpc-{model}" + (f"-{slug(row)}" if row else "")
+    name = f"DWM-MPC ({model})" + (f", {row}" if row else "")
+    return Spec(name, "dwm-mpc", dataset, seed, base + (flags or []), variant=variant)
 
 
 def use_shared_datasets() -> None:
@@ -165,7 +200,7 @@ def run_chain(chain: list[Spec], out: Path, budget: str, one_core: bool, log_dir
             continue
         command = spec.command(out, budget)
         log_path = log_dir / f"{spec.variant or spec.algo}-{spec.dataset}-s{spec.seed}.log"
-        command[0] = ipdrl_script()
+        command[0] = ipdrl_script() if spec.program == IPDRL_TRAIN else sys.executable  # "python": this environment
         started = time.perf_counter()
         print(f"[evidence] start  {shlex.join(command)}", flush=True)
         with open(log_path, "w") as log:
@@ -198,19 +233,32 @@ def format_table(table: str, results: dict[str, dict[str, list[dict]]], datasets
     """Markdown: per row and dataset, the mean ± std over seeds of each run's mean normalised score."""
     reference = next((r.get("reference_table") for rows in results.values() for runs in rows.values() for r in runs
                       if r.get("reference_table")), "D4RL reference table")
-    per_episode = table == "dwm"
-    header = ["method", *datasets] + ([f"s / episode ({d})" for d in datasets] + [f"adaptation chosen ({d})" for d in datasets]
-                                      if per_episode else [])
     lines = [f"Normalised score ({reference}); budget `{budget}`, final checkpoints, mean ± std over training seeds "
-             f"of each run's mean over its evaluation episodes.", "",
-             "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+             f"of each run's mean over its evaluation episodes.", ""]
+    if table.startswith("dwm"):
+        return "\n".join(lines + dwm_rows(results, datasets))
+    lines += ["| method | " + " | ".join(datasets) + " |", "|" + "---|" * (len(datasets) + 1)]
     for row, by_dataset in results.items():
         cells = [mean_std([r["normalized_mean"] for r in by_dataset.get(d, [])]) for d in datasets]
-        if per_episode:
-            cells += [mean_std([seconds_per_episode(r) for r in by_dataset.get(d, [])]) for d in datasets]
-            cells += [", ".join(adaptation_choice(r) for r in by_dataset.get(d, [])) or "—" for d in datasets]
         lines.append("| " + " | ".join([row, *cells]) + " |")
     return "\n".join(lines)
+
+
+def dwm_rows(results: dict[str, dict[str, list[dict]]], datasets: list[str]) -> list[str]:
+    """One line per (method, dataset): the reported score (the adapted policy's only where tuning chose
+    adaptation), the adapted policy's own score whatever was chosen, its evaluation seconds per episode, the choice."""
+    lines = ["| method | dataset | score | adapted policy | s / episode (adapted) | adaptation chosen (per seed) |",
+             "|---|---|---|---|---|---|"]
+    for row, by_dataset in results.items():
+        for d in datasets:
+            runs = by_dataset.get(d, [])
+            adapted = [r["adapted"] for r in runs if "adapted" in r]
+            cells = [mean_std([r["normalized_mean"] for r in runs]),
+                     mean_std([r["normalized_mean"] for r in adapted]) if adapted else "n/a",
+                     mean_std([seconds_per_episode(r) for r in adapted or runs]),
+                     ", ".join(adaptation_choice(r) for r in runs) or "—"]
+            lines.append("| " + " | ".join([row, d, *cells]) + " |")
+    return lines
 
 
 def adaptation_choice(result: dict) -> str:
@@ -252,7 +300,7 @@ def plot_scaling(results: dict[str, dict[str, list[dict]]], dataset: str, path: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=["baselines", "main", "ablation", "tokens", "scaling", "dwm"])
+    parser.add_argument("table", choices=["baselines", "main", "ablation", "tokens", "scaling", "dwm", "dwm-extensions"])
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--datasets", nargs="+")
     parser.add_argument("--budget", default="cpu")
@@ -263,9 +311,9 @@ def main() -> None:
     parser.add_argument("--report-only", action="store_true", help="tabulate the finished runs, train nothing")
     args = parser.parse_args()
 
-    one_dataset = args.table in ("ablation", "tokens", "scaling")
+    one_dataset = args.table in ("ablation", "tokens", "scaling", "dwm-extensions")
     datasets = args.datasets or (["hopper-medium-replay"] if one_dataset else MEDIUM_REPLAY)
-    seeds = args.seeds or {"tokens": [0], "ablation": [0, 1], "scaling": [0, 1]}.get(args.table, [0, 1, 2])
+    seeds = args.seeds or {"tokens": [0], "ablation": [0, 1], "scaling": [0, 1], "dwm-extensions": [0, 1]}.get(args.table, [0, 1, 2])
     os.chdir(REPO)  # paths in commands and docs are relative to the repository
     out = Path(args.out)
     use_shared_datasets()
@@ -281,6 +329,10 @@ def main() -> None:
     started = time.perf_counter()
     if not args.report_only:
         ipdrl_script()  # fail before starting any thread
+        if any(spec.program == D3RLPY_QUALITY and not (spec.run_dir(out) / "results.json").exists() for spec in specs):
+            from speed import ensure_d3rlpy_venv  # benchmarks/ is on sys.path as this script's folder
+
+            ensure_d3rlpy_venv()  # once, here, rather than in parallel runs
         with ThreadPoolExecutor(max_workers=max(args.jobs, 1)) as pool:
             list(pool.map(lambda chain: run_chain(chain, out, args.budget, args.jobs > 1, log_dir), groups))
 

@@ -187,17 +187,31 @@ def measure_ours(algo: str, dataset, dataset_path: str, seconds: float) -> dict[
 
 # ---- d3rlpy ----------------------------------------------------------------------------------------------------
 def ensure_d3rlpy_venv() -> Path:
-    """The d3rlpy virtualenv's python, creating the venv (torch first, then d3rlpy, with pip) if needed."""
+    """The d3rlpy virtualenv's python, creating the venv (torch first, then d3rlpy, with pip) if needed.
+
+    A lock file serialises creation between processes started together (evidence.py's parallel d3rlpy runs).
+    """
+    import fcntl
+
     python = VENV / "bin" / "python"
     marker = VENV / ".installed"
-    if marker.exists() and marker.read_text() == " ".join(D3RLPY_PINS):
-        return python
-    print(f"creating {VENV} with {', '.join(D3RLPY_PINS)} (once) ...", flush=True)
-    base = getattr(sys, "_base_executable", sys.executable)
-    subprocess.run([base, "-m", "venv", str(VENV)], check=True)
-    for requirement in D3RLPY_PINS:  # torch first so that pip takes the local CPU build, not a CUDA one
-        subprocess.run([str(python), "-m", "pip", "install", "-q", requirement], check=True)
-    marker.write_text(" ".join(D3RLPY_PINS))
+    VENV.parent.mkdir(parents=True, exist_ok=True)
+    with open(VENV.parent / ".d3rlpy.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if marker.exists() and marker.read_text() == " ".join(D3RLPY_PINS):
+            return python
+        print(f"creating {VENV} with {', '.join(D3RLPY_PINS)} (once) ...", flush=True)
+        base = getattr(sys, "_base_executable", sys.executable)
+        steps = [[base, "-m", "venv", str(VENV)]]
+        # torch first so that pip takes the local CPU build, not a CUDA one
+        steps += [[str(python), "-m", "pip", "install", "-q", requirement] for requirement in D3RLPY_PINS]
+        for command in steps:
+            code = subprocess.run(command).returncode
+            if code != 0:
+                raise SystemExit(f"creating the d3rlpy virtualenv failed: `{' '.join(command)}` exited with code "
+                                 f"{code} (its output is above). Fix the cause (network, disk, pip index), then rerun; "
+                                 f"it starts over until {marker} exists.")
+        marker.write_text(" ".join(D3RLPY_PINS))
     return python
 
 
