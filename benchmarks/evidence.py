@@ -147,7 +147,7 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
             for s in seeds:
                 plain = dwm_mpc("meanflow", d, s, out)
                 reuse = ["--models-from", str(plain.run_dir(out))]  # same trained models: only the optimiser differs
-                variants = {f"proximity penalty {lam}": reuse + ["--proximity-penalty", lam] for lam in ("1", "10", "100")}
+                variants = {f"proximity penalty {lam}": reuse + ["--proximity-penalty", lam] for lam in ("1", "10", "100", "1000")}
                 variants["termination masking"] = reuse + ["--terminations"]
                 ensemble = dwm_mpc("meanflow", d, s, out, "disagreement penalty 10 (3 models)",
                                    ["--ensemble-size", "3", "--disagreement-penalty", "10"])
@@ -247,8 +247,8 @@ def format_table(table: str, results: dict[str, dict[str, list[dict]]], datasets
 def dwm_rows(results: dict[str, dict[str, list[dict]]], datasets: list[str]) -> list[str]:
     """One line per (method, dataset): the reported score (the adapted policy's only where tuning chose
     adaptation), the adapted policy's own score whatever was chosen, its evaluation seconds per episode, the choice."""
-    lines = ["| method | dataset | score | adapted policy | s / episode (adapted) | adaptation chosen (per seed) |",
-             "|---|---|---|---|---|---|"]
+    lines = ["| method | dataset | score | adapted policy | s / episode (adapted) | adaptation chosen (per seed) "
+             "| tuning-seed return: base / per step size (per seed) |", "|---|---|---|---|---|---|---|"]
     for row, by_dataset in results.items():
         for d in datasets:
             runs = by_dataset.get(d, [])
@@ -256,7 +256,8 @@ def dwm_rows(results: dict[str, dict[str, list[dict]]], datasets: list[str]) -> 
             cells = [mean_std([r["normalized_mean"] for r in runs]),
                      mean_std([r["normalized_mean"] for r in adapted]) if adapted else "n/a",
                      mean_std([seconds_per_episode(r) for r in adapted or runs]),
-                     ", ".join(adaptation_choice(r) for r in runs) or "—"]
+                     ", ".join(adaptation_choice(r) for r in runs) or "—",
+                     "; ".join(tuning_returns(r) for r in runs if "adaptation" in r) or "n/a"]
             lines.append("| " + " | ".join([row, d, *cells]) + " |")
     return lines
 
@@ -267,6 +268,15 @@ def adaptation_choice(result: dict) -> str:
     if choice is None:
         return "n/a"
     return f"adapt, lr {choice['lr']:g}" if choice["adapt"] else "no adaptation"
+
+
+def tuning_returns(result: dict) -> str:
+    """The tuning seeds' mean returns, e.g. ``552 / 540 (5e-07), 515 (5e-06)``: base policy, then each step size."""
+    candidates = result["adaptation"].get("candidates")
+    if not candidates:
+        return "not tuned"
+    base, *adapted = candidates
+    return f"{base['return_mean']:.0f} / " + ", ".join(f"{c['return_mean']:.0f} ({c['lr']:g})" for c in adapted)
 
 
 def seconds_per_episode(result: dict) -> float:
