@@ -16,6 +16,8 @@ Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evalua
                  (value factor, classic RTG, alpha 0, undiscounted tokens) next to DT.
 - ``scaling``    hopper-medium-replay, 2 seeds: IPD with imagined:real ratio 0, 0.05 (the cpu preset), 0.25, 0.5,
                  1, 2 (table and plot).
+- ``critic``     halfcheetah-medium-replay, 1 seed: IPD (and its DT-style variant) with stage 1's IQL at the cpu
+                 preset's 30k updates vs the IQL baseline's 70k, next to DT and IQL.
 - ``dwm``        ReBRAC vs DWM-MPC (diffusion) vs DWM-MPC (MeanFlow) on both datasets, 3 seeds, plus seconds per
                  evaluation episode (DWM-MPC reuses the ReBRAC run of the same seed as its base policy).
 - ``dwm-extensions``  hopper-medium-replay, 2 seeds: DWM-MPC (MeanFlow) plain vs with a proximity penalty,
@@ -138,6 +140,21 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
         variants = {f"ratio {r}": [] if r == "0.05" else ["--augment.ratio", r]  # 0.05: the cpu preset's own
                     for r in ("0", "0.05", "0.25", "0.5", "1", "2")}
         return [ipd_variants(d, s, out, variants) for d in datasets for s in seeds]
+    if table == "critic":
+        strong = ["--iql.steps", "70000"]  # the IQL baseline's own cpu budget
+        result = []
+        for d in datasets:
+            for s in seeds:
+                ipd, dt_style = ipd_variants(d, s, out, {"IPD (stage 1: 30k-update IQL, the cpu preset)": []}) + [
+                    dt_style_ipd(d, s, out)]
+                dt_style.row = "IPD, DT-style tokens (30k-update IQL)"
+                strong_ipd, strong_dt_style = ipd_variants(
+                    d, s, out, {"IPD (stage 1: 70k-update IQL)": strong,
+                                "IPD, DT-style tokens (70k-update IQL)": strong + dt_style.flags[2:]})
+                strong_ipd.variant, strong_dt_style.variant = "ipd-iql-70k-updates", f"{dt_style.variant}-iql-70k-updates"
+                result.append([ipd, dt_style, strong_ipd, strong_dt_style])
+        return result + [[Spec(name, algo, d, s)] for name, algo in (("DT", "dt"), ("IQL (70k updates)", "iql"))
+                         for d in datasets for s in seeds]
     if table == "dwm":
         return [[Spec("ReBRAC", "rebrac", d, s)] + [dwm_mpc(model, d, s, out) for model in ("meanflow", "diffusion")]
                 for d in datasets for s in seeds]
@@ -158,7 +175,7 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
                                              "--disagreement-penalty", "100"])]
                 result.append(chain)
         return result
-    raise SystemExit(f"unknown table {table!r}; choose baselines, main, ablation, tokens, scaling, dwm or dwm-extensions.")
+    raise SystemExit(f"unknown table {table!r}; choose baselines, main, ablation, tokens, scaling, critic, dwm or dwm-extensions.")
 
 
 def dwm_mpc(model: str, dataset: str, seed: int, out: Path, row: str = "", flags: list[str] | None = None) -> Spec:
@@ -210,12 +227,13 @@ def run_chain(chain: list[Spec], out: Path, budget: str, one_core: bool, log_dir
               flush=True)
 
 
-def mean_std(values: list[float]) -> str:
+def mean_std(values: list[float], signed: bool = False) -> str:
     if not values:
         return "—"
+    number = "{:+.1f}" if signed else "{:.1f}"
     if len(values) == 1:  # one seed: no spread to report
-        return f"{values[0]:.1f} (1 seed)"
-    return f"{statistics.mean(values):.1f} ± {statistics.stdev(values):.1f} ({len(values)} seeds)"
+        return f"{number.format(values[0])} (1 seed)"
+    return f"{number.format(statistics.mean(values))} ± {statistics.stdev(values):.1f} ({len(values)} seeds)"
 
 
 def collect(all_specs: list[Spec], out: Path) -> dict[str, dict[str, list[dict]]]:
@@ -247,13 +265,16 @@ def format_table(table: str, results: dict[str, dict[str, list[dict]]], datasets
 def dwm_rows(results: dict[str, dict[str, list[dict]]], datasets: list[str]) -> list[str]:
     """One line per (method, dataset): the reported score (the adapted policy's only where tuning chose
     adaptation), the adapted policy's own score whatever was chosen, its evaluation seconds per episode, the choice."""
-    lines = ["| method | dataset | score | adapted policy | s / episode (adapted) | adaptation chosen (per seed) "
-             "| tuning-seed return: base / per step size (per seed) |", "|---|---|---|---|---|---|---|"]
+    lines = ["| method | dataset | score | minus its base policy (same seeds) | adapted policy | s / episode (adapted) "
+             "| adaptation chosen (per seed) | tuning-seed return: base / per step size (per seed) |",
+             "|---|---|---|---|---|---|---|---|"]
     for row, by_dataset in results.items():
         for d in datasets:
             runs = by_dataset.get(d, [])
             adapted = [r["adapted"] for r in runs if "adapted" in r]
+            gains = [r["normalized_mean"] - r["base"]["normalized_mean"] for r in runs if "base" in r]
             cells = [mean_std([r["normalized_mean"] for r in runs]),
+                     mean_std(gains, signed=True) if gains else "n/a",
                      mean_std([r["normalized_mean"] for r in adapted]) if adapted else "n/a",
                      mean_std([seconds_per_episode(r) for r in adapted or runs]),
                      ", ".join(adaptation_choice(r) for r in runs) or "—",
@@ -310,7 +331,7 @@ def plot_scaling(results: dict[str, dict[str, list[dict]]], dataset: str, path: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=["baselines", "main", "ablation", "tokens", "scaling", "dwm", "dwm-extensions"])
+    parser.add_argument("table", choices=["baselines", "main", "ablation", "tokens", "scaling", "critic", "dwm", "dwm-extensions"])
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--datasets", nargs="+")
     parser.add_argument("--budget", default="cpu")
@@ -322,8 +343,9 @@ def main() -> None:
     args = parser.parse_args()
 
     one_dataset = args.table in ("ablation", "tokens", "scaling", "dwm-extensions")
-    datasets = args.datasets or (["hopper-medium-replay"] if one_dataset else MEDIUM_REPLAY)
-    seeds = args.seeds or {"tokens": [0], "ablation": [0, 1], "scaling": [0, 1], "dwm-extensions": [0, 1]}.get(args.table, [0, 1, 2])
+    datasets = args.datasets or (["hopper-medium-replay"] if one_dataset else
+                                 ["halfcheetah-medium-replay"] if args.table == "critic" else MEDIUM_REPLAY)
+    seeds = args.seeds or {"tokens": [0], "ablation": [0, 1], "scaling": [0, 1], "critic": [0], "dwm-extensions": [0, 1]}.get(args.table, [0, 1, 2])
     os.chdir(REPO)  # paths in commands and docs are relative to the repository
     out = Path(args.out)
     use_shared_datasets()
