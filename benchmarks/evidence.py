@@ -92,12 +92,15 @@ DT_TARGETS_IN_V_UNITS = {"hopper-medium-replay": 1830, "halfcheetah-medium-repla
 UNDISCOUNTED_CLASSIC = ["--rtg-mode", "classic", "--return-discount", "1", "--return-scale", "1000"]
 
 
-def dt_style_ipd(dataset: str, seed: int, out: Path) -> Spec:
-    """IPD's value-guided transformer conditioned like DT: undiscounted tokens, a fixed ambitious target, decremented."""
+def dt_style_ipd(dataset: str, seed: int, out: Path, row: str = "IPD, DT-style tokens", extra: list[str] | None = None,
+                 suffix: str = "") -> Spec:
+    """IPD's value-guided transformer conditioned like DT: undiscounted tokens, a fixed ambitious target, decremented.
+
+    ``extra`` flags (and the run folder's ``suffix``) vary the pipeline underneath, e.g. stage 1's IQL."""
     target = DT_TARGETS_IN_V_UNITS[dataset]
-    flags = UNDISCOUNTED_CLASSIC + ["--target-return", str(target)]
-    [spec] = ipd_variants(dataset, seed, out, {"IPD, DT-style tokens": flags})
-    spec.variant = f"ipd-undiscounted-tokens-classic-rtg-target-{target}"
+    flags = (extra or []) + UNDISCOUNTED_CLASSIC + ["--target-return", str(target)]
+    [spec] = ipd_variants(dataset, seed, out, {row: flags})
+    spec.variant = f"ipd-undiscounted-tokens-classic-rtg-target-{target}{suffix}"
     return spec
 
 
@@ -145,14 +148,11 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
         result = []
         for d in datasets:
             for s in seeds:
-                ipd, dt_style = ipd_variants(d, s, out, {"IPD (stage 1: 30k-update IQL, the cpu preset)": []}) + [
-                    dt_style_ipd(d, s, out)]
-                dt_style.row = "IPD, DT-style tokens (30k-update IQL)"
-                strong_ipd, strong_dt_style = ipd_variants(
-                    d, s, out, {"IPD (stage 1: 70k-update IQL)": strong,
-                                "IPD, DT-style tokens (70k-update IQL)": strong + dt_style.flags[2:]})
-                strong_ipd.variant, strong_dt_style.variant = "ipd-iql-70k-updates", f"{dt_style.variant}-iql-70k-updates"
-                result.append([ipd, dt_style, strong_ipd, strong_dt_style])
+                [ipd, strong_ipd] = ipd_variants(d, s, out, {"IPD (stage 1: 30k-update IQL, the cpu preset)": [],
+                                                             "IPD (stage 1: 70k-update IQL)": strong})
+                strong_ipd.variant = "ipd-iql-70k-updates"
+                result.append([ipd, dt_style_ipd(d, s, out, "IPD, DT-style tokens (30k-update IQL)"), strong_ipd,
+                               dt_style_ipd(d, s, out, "IPD, DT-style tokens (70k-update IQL)", strong, "-iql-70k-updates")])
         return result + [[Spec(name, algo, d, s)] for name, algo in (("DT", "dt"), ("IQL (70k updates)", "iql"))
                          for d in datasets for s in seeds]
     if table == "dwm":
