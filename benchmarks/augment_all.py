@@ -17,14 +17,11 @@ import argparse
 import json
 import os
 import shlex
-import subprocess
 import sys
-import time
 from pathlib import Path
 
-REPO = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from evidence import ONE_CORE, ipdrl_script, making_command, use_shared_datasets  # noqa: E402
+from evidence import REPO, ipdrl_script, making_command, run_logged, use_shared_datasets  # noqa: E402
 
 DATASETS = ["hopper-medium-replay", "hopper-medium", "hopper-random",
             "halfcheetah-medium-replay", "halfcheetah-medium", "halfcheetah-random"]
@@ -77,13 +74,7 @@ def main() -> None:
     for dataset, cmd in commands.items():
         report_path = out / f"{dataset}-mpc_report.json"
         if not report_path.exists() and not args.report_only:
-            started = time.perf_counter()
-            print(f"[augment] start {shlex.join(cmd)}", flush=True)
-            with open(out / f"{dataset}-mpc.log", "w") as log:
-                code = subprocess.call([ipdrl_script(), *cmd[1:]], stdout=log, stderr=subprocess.STDOUT,
-                                       env=dict(os.environ, XLA_FLAGS=ONE_CORE))
-            print(f"[augment] {'done' if code == 0 else f'FAILED (exit {code})'} {dataset} in "
-                  f"{(time.perf_counter() - started) / 60:.1f} min", flush=True)
+            run_logged([ipdrl_script(), *cmd[1:]], out / f"{dataset}-mpc.log", dataset, one_core=True, tag="augment")
         if report_path.exists():
             lines.append(row(json.loads(report_path.read_text())))
     table = "\n".join(lines)

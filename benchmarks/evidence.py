@@ -208,23 +208,29 @@ def ipdrl_script() -> str:
     return script
 
 
-def run_chain(chain: list[Spec], out: Path, budget: str, one_core: bool, log_dir: Path) -> None:
+def run_logged(command: list[str], log_path: Path, what: str, one_core: bool, tag: str = "evidence") -> int:
+    """Run ``command`` from the repository with its output in ``log_path``, printing start and end (with ``what``
+    and the minutes taken); ``one_core`` adds the single-threaded XLA flags. Returns the exit status."""
     env = dict(os.environ)
     if one_core:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
+    started = time.perf_counter()
+    print(f"[{tag}] start  {shlex.join(command)}", flush=True)
+    with open(log_path, "w") as log:
+        code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
+    status = "done " if code == 0 else f"FAILED (exit {code}; see {log_path})"
+    print(f"[{tag}] {status} {what} in {(time.perf_counter() - started) / 60:.1f} min", flush=True)
+    return code
+
+
+def run_chain(chain: list[Spec], out: Path, budget: str, one_core: bool, log_dir: Path) -> None:
     for spec in chain:
         if (spec.run_dir(out) / "results.json").exists():
             continue
         command = spec.command(out, budget)
-        log_path = log_dir / f"{spec.variant or spec.algo}-{spec.dataset}-s{spec.seed}.log"
         command[0] = ipdrl_script() if spec.program == IPDRL_TRAIN else sys.executable  # "python": this environment
-        started = time.perf_counter()
-        print(f"[evidence] start  {shlex.join(command)}", flush=True)
-        with open(log_path, "w") as log:
-            code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=REPO)
-        status = "done " if code == 0 else f"FAILED (exit {code}; see {log_path})"
-        print(f"[evidence] {status} {spec.row} {spec.dataset} s{spec.seed} in {(time.perf_counter() - started) / 60:.1f} min",
-              flush=True)
+        log_path = log_dir / f"{spec.variant or spec.algo}-{spec.dataset}-s{spec.seed}.log"
+        run_logged(command, log_path, f"{spec.row} {spec.dataset} s{spec.seed}", one_core)
 
 
 def mean_std(values: list[float], signed: bool = False) -> str:
