@@ -23,7 +23,7 @@ A run that changes only stage-4 settings (alpha, rtg_mode, ...) therefore reuses
 train in the run directory with stage prefixes (``iql_``, ``policy_``) and resume with ``--resume``; the world
 model and the augmented dataset are written atomically once complete.
 
-Budgets (2-core CPU): ``tiny`` runs in seconds (tests). ``cpu`` takes about 20-25 minutes on one core of a shared
+Budgets (2-core CPU): ``tiny`` runs in seconds (tests). ``cpu`` takes about 30 minutes on one core for a shared
 dataset. Its stage 1 is the IQL baseline's own cpu budget (70k updates, ~10 min; the checkpoint is bit-identical to
 ``ipdrl train --algo iql`` with the same seed): 30k updates left the critic too weak on halfcheetah-medium-replay
 (``benchmarks/evidence.py critic``). Its stage-4 transformer is 2 layers of width 64 with K 10 — 1.33 GFLOP per
