@@ -56,6 +56,7 @@ ONE_CORE = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
 IPDRL_TRAIN = ("ipdrl", "train")
 D3RLPY_QUALITY = ("python", "benchmarks/d3rlpy_quality.py")  # takes the same core flags; trains d3rlpy's algorithm
 D3RLPY_SEEDS = 2  # d3rlpy's rows run on the first this-many seeds of the table
+TABLES = ("baselines", "main", "ablation", "tokens", "scaling", "critic", "dwm", "dwm-extensions")
 
 
 @dataclass
@@ -179,7 +180,7 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
                                              "--disagreement-penalty", "100"])]
                 result.append(chain)
         return result
-    raise SystemExit(f"unknown table {table!r}; choose baselines, main, ablation, tokens, scaling, critic, dwm or dwm-extensions.")
+    raise SystemExit(f"unknown table {table!r}; choose one of {', '.join(TABLES)}.")
 
 
 def dwm_mpc(model: str, dataset: str, seed: int, out: Path, row: str = "", flags: list[str] | None = None) -> Spec:
@@ -341,7 +342,7 @@ def plot_scaling(results: dict[str, dict[str, list[dict]]], dataset: str, path: 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("table", choices=["baselines", "main", "ablation", "tokens", "scaling", "critic", "dwm", "dwm-extensions"])
+    parser.add_argument("table", choices=TABLES)
     parser.add_argument("--seeds", type=int, nargs="+")
     parser.add_argument("--datasets", nargs="+")
     parser.add_argument("--budget", default="cpu")
@@ -388,8 +389,10 @@ def main() -> None:
     command = making_command()
     took = "" if args.report_only else f" ({(time.perf_counter() - started) / 60:.0f} min this invocation)"
     runs = "\n".join(f"    {shlex.join(s.command(out, args.budget))}" for s in specs)
+    ipd_runs = [spec for spec in specs if spec.algo == "ipd"]
+    all_weak = bool(ipd_runs) and all(spec.variant.endswith(WEAK_CRITIC_SUFFIX) for spec in ipd_runs)
     pinned = (" These runs pin IPD's stage 1 to a 30k-update IQL (`--iql.steps 30000`), the `cpu` preset when they "
-              "were made; the main table uses the preset's 70k.") if args.table in ("ablation", "tokens", "scaling") else ""
+              "were made; the main table uses the preset's 70k.") if all_weak else ""
     body = (f"# {args.table}\n\nMade by `{command}`{took}; rows show the runs finished so far.{pinned} Runs:\n\n"
             f"{runs}\n\n{text}\n")
     (docs / f"{args.table}.md").write_text(body)
