@@ -24,8 +24,10 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import hashlib
 import json
 import logging
+import pickle
 import time
 from pathlib import Path
 from typing import Any, Callable, Literal, NamedTuple
@@ -38,6 +40,7 @@ from tqdm.auto import tqdm
 from ipdrl import planning
 from ipdrl.data.dataset import Dataset, concatenate
 from ipdrl.planning import PlannerConfig
+from ipdrl.runs import atomic_write_bytes
 from ipdrl.world_models import ensemble
 from ipdrl.world_models.ensemble import EnsembleConfig, EnsembleModel, map_batches
 
@@ -330,9 +333,43 @@ def _new_episodes(dataset: Dataset, segments: list[dict[str, np.ndarray]], prefi
     return Dataset(**joined, infos=infos, metadata=dict(dataset.metadata), name=dataset.name)
 
 
+class Progress(NamedTuple):
+    """How far :func:`augment`'s batch loop got: saved while it runs, so an interrupted augmentation resumes."""
+
+    signature: dict            # what the batches depend on; a saved progress with another signature is not used
+    batches_done: int          # batches of branch points rolled out, counted across passes
+    segments: list             # accepted segments so far
+    tried: list                # a Judgement per batch done
+    imagined_count: int
+    simulated: int
+    seconds: float             # time spent in earlier attempts
+
+
+def _load_progress(path: Path | None, signature: dict) -> Progress | None:
+    if path is None or not path.exists():
+        return None
+    try:
+        saved = pickle.loads(path.read_bytes())
+    except Exception as error:  # noqa: BLE001 -- any unreadable file means: start over
+        log.warning("augment: ignoring unreadable progress file %s (%s); starting over", path, error)
+        return None
+    if not isinstance(saved, Progress) or saved.signature != signature:
+        log.warning("augment: %s was saved for other settings or data; starting over", path)
+        return None
+    log.info("augment: resuming from %s (%d batches done, %d imagined transitions)", path, saved.batches_done,
+             saved.imagined_count)
+    return saved
+
+
 def augment(dataset: Dataset, values: ValueFunctions, model: EnsembleModel, config: AugmentConfig, seed: int,
-            progress: bool = True) -> tuple[Dataset, dict]:
-    """``D_aug = dataset + accepted imagined episodes``, and a report (see the module docstring)."""
+            progress: bool = True, progress_file: Path | None = None, save_every_seconds: float = 60.0
+            ) -> tuple[Dataset, dict]:
+    """``D_aug = dataset + accepted imagined episodes``, and a report (see the module docstring).
+
+    With ``progress_file``, the work done so far is saved there (atomically, every ``save_every_seconds``) and an
+    interrupted call with the same inputs resumes from it; the result equals an uninterrupted call's, since every
+    batch's randomness depends only on (seed, pass, batch). The caller deletes the file once it has the result.
+    """
     started = time.perf_counter()
     model_obs_dim = int(model["stats"]["input_mean"].shape[-1]) - dataset.act_dim
     if model_obs_dim != dataset.obs_dim:
@@ -351,45 +388,67 @@ def augment(dataset: Dataset, values: ValueFunctions, model: EnsembleModel, conf
     rollout = functools.partial(imagined_rollouts, values=values, planner=planner, mode=config.mode,
                                 length=config.rollout_length, kind=config.uncertainty)
 
-    segments: list[dict[str, np.ndarray]] = []
-    tried: list[Judgement] = []
-    imagined_count = simulated = 0
-    bar = tqdm(total=target, desc="augment", unit="imagined", disable=not progress, dynamic_ncols=True)
+    # The branch points depend on the data and V; the model's weights are hashed themselves.
+    digest = hashlib.sha256(candidates.tobytes())
+    for leaf in jax.tree_util.tree_leaves(model["params"]):
+        digest.update(np.asarray(leaf).tobytes())
+    signature = {"config": dataclasses.asdict(config), "seed": seed, "size": dataset.size, "kappa": kappa,
+                 "inputs": digest.hexdigest()}
+    saved = _load_progress(progress_file, signature)
+    segments: list[dict[str, np.ndarray]] = saved.segments if saved else []
+    tried: list[Judgement] = saved.tried if saved else []
+    imagined_count, simulated = (saved.imagined_count, saved.simulated) if saved else (0, 0)
+    batches_done, earlier_seconds = (saved.batches_done, saved.seconds) if saved else (0, 0.0)
+    last_save = time.perf_counter()
+    bar = tqdm(total=target, initial=imagined_count, desc="augment", unit="imagined", disable=not progress,
+               dynamic_ncols=True)
     batch = config.branch_batch
-    for pass_index in range(config.max_passes if target > 0 else 0):
-        for first in range(0, len(candidates), batch):
-            if imagined_count >= target:
-                break
-            branch = candidates[first:first + batch]
-            padded = np.append(branch, np.repeat(branch[-1], batch - len(branch)))  # one compiled batch size
-            key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), pass_index), first)
-            rollouts = {k: np.asarray(v)[: len(branch)]
-                        for k, v in rollout(model, jnp.asarray(dataset.observations[padded]), key).items()}
-            simulated += len(branch) * config.rollout_length
-            verdict = judge(rollouts, branch, data, values, kappa, config)
-            tried.append(verdict)
-            for i in np.flatnonzero(verdict.reason == ""):
-                if imagined_count >= target:
-                    break
-                segments.append({"branch": branch[i], "length": int(verdict.lengths[i]),
-                                 "terminated": bool(verdict.terminated[i]),
-                                 **{k: rollouts[k][i] for k in ("observations", "actions", "rewards",
-                                                                "next_observations")}})
-                imagined_count += int(verdict.lengths[i])
-                bar.update(int(verdict.lengths[i]))
+    batches = [(pass_index, first) for pass_index in range(config.max_passes if target > 0 else 0)
+               for first in range(0, len(candidates), batch)]
+    for number, (pass_index, first) in enumerate(batches):
         if imagined_count >= target:
             break
+        if number < batches_done:
+            continue
+        branch = candidates[first:first + batch]
+        padded = np.append(branch, np.repeat(branch[-1], batch - len(branch)))  # one compiled batch size
+        key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), pass_index), first)
+        rollouts = {k: np.asarray(v)[: len(branch)]
+                    for k, v in rollout(model, jnp.asarray(dataset.observations[padded]), key).items()}
+        simulated += len(branch) * config.rollout_length
+        verdict = judge(rollouts, branch, data, values, kappa, config)
+        tried.append(verdict)
+        for i in np.flatnonzero(verdict.reason == ""):
+            if imagined_count >= target:
+                break
+            segments.append({"branch": branch[i], "length": int(verdict.lengths[i]),
+                             "terminated": bool(verdict.terminated[i]),
+                             **{k: rollouts[k][i] for k in ("observations", "actions", "rewards",
+                                                            "next_observations")}})
+            imagined_count += int(verdict.lengths[i])
+            bar.update(int(verdict.lengths[i]))
+        batches_done = number + 1
+        if progress_file is not None and time.perf_counter() - last_save >= save_every_seconds:
+            seconds = earlier_seconds + time.perf_counter() - started
+            atomic_write_bytes(progress_file, pickle.dumps(Progress(signature, batches_done, segments, tried,
+                                                                    imagined_count, simulated, seconds)))
+            last_save = time.perf_counter()
     bar.close()
 
     base = dataset.replace(infos={**dataset.infos, "timesteps": _timesteps(dataset),
                                   "imagined": dataset.infos.get("imagined", np.zeros(dataset.size, bool))})
     augmented = concatenate([base, _new_episodes(dataset, segments, config.prefix_length)]) if segments else base
     augmented = augmented.replace(infos={**augmented.infos, "return_to_go": return_labels(augmented, values)})
-    seconds = time.perf_counter() - started
+    seconds = earlier_seconds + time.perf_counter() - started
     report = _report(config, tried, segments, candidates, delta, kappa, data_uncertainty, dataset, augmented,
                      target, imagined_count, simulated, seconds)
     augmented = augmented.replace(metadata={**dataset.metadata, "augmentation": {
         k: v for k, v in report.items() if not isinstance(v, (list, dict))}})
+    if imagined_count < target:
+        log.warning("augment: the branch points ran out at imagined:real %.3f of the %.3f asked for (%d passes over "
+                    "%d branch points); allow more passes (--augment.max-passes) or more branch points "
+                    "(--augment.branch-fraction)", report["ratio_achieved"], config.ratio, config.max_passes,
+                    len(candidates))
     log.info("augment: %d branch points, %d rollouts, %d accepted, imagined:real %.3f (target %.3f), kappa %.4g, "
              "%.0f imagined steps/s", report["branch_candidates"], report["rollouts"], report["accepted"],
              report["ratio_achieved"], config.ratio, kappa, report["imagined_steps_per_second"])
@@ -570,8 +629,10 @@ def main(argv: list[str]) -> int:
     dataset = load_dataset(args.dataset)
     values, iql_info = load_values(args, dataset, known.budget, out)
     model, model_report = load_world_model(args, dataset, out)
-    augmented, report = augment(dataset, values, model, args.augment, args.seed, args.progress)
+    progress_file = out.with_name(f"{out.stem}_progress.pkl")  # an interrupted augmentation resumes from here
+    augmented, report = augment(dataset, values, model, args.augment, args.seed, args.progress, progress_file)
     write_d4rl(augmented, out)
+    progress_file.unlink(missing_ok=True)
     report = {"dataset": dataset.name, "out": str(out), "budget": known.budget, "seed": args.seed, "iql": iql_info,
               "world_model": model_report, "config": dataclasses.asdict(args.augment), **report}
     atomic_write_json(out.with_name(f"{out.stem}_report.json"), report)

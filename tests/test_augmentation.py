@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import pickle
 
 import jax
 import jax.numpy as jnp
@@ -149,6 +150,49 @@ def test_ratio_knob_is_honoured(setup):
         assert report["target_imagined_transitions"] == target
         assert target <= report["imagined_transitions"] < target + CONFIG.rollout_length
         assert report["ratio_achieved"] == pytest.approx(report["imagined_transitions"] / dataset.size)
+
+
+def test_an_unreachable_ratio_is_reported_and_warned_about(setup, caplog):
+    dataset, values, model, _, _ = setup
+    few = dataset.first_episodes(2)
+    with caplog.at_level("WARNING", logger="ipdrl"):
+        _, report = augment(few, values, model, dataclasses.replace(CONFIG, ratio=10.0), seed=0, progress=False)
+    assert report["candidates_exhausted"] and report["ratio_achieved"] < 10.0
+    assert "--augment.max-passes" in caplog.text
+
+
+def test_an_interrupted_augmentation_resumes_to_the_same_result(setup, tmp_path, monkeypatch, caplog):
+    dataset, values, model, _, _ = setup
+    plenty = dataset.replace(rewards=np.full(dataset.size, -1000.0, np.float32))  # every segment is accepted
+    config = dataclasses.replace(CONFIG, ratio=1.0, max_passes=3)
+    whole, whole_report = augment(plenty, values, model, config, seed=0, progress=False)
+    assert whole_report["rollouts"] > 2 * config.branch_batch  # several batches, so the interruption is mid-way
+
+    progress_file, judge, calls = tmp_path / "progress.pkl", augmentation.judge, []
+
+    def judge_then_stop(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return judge(*args, **kwargs)
+
+    monkeypatch.setattr(augmentation, "judge", judge_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        augment(plenty, values, model, config, seed=0, progress=False, progress_file=progress_file,
+                save_every_seconds=0)
+    monkeypatch.setattr(augmentation, "judge", judge)
+    assert pickle.loads(progress_file.read_bytes()).batches_done == 2
+
+    with caplog.at_level("INFO", logger="ipdrl"):
+        resumed, report = augment(plenty, values, model, config, seed=0, progress=False, progress_file=progress_file)
+    assert "resuming" in caplog.text and report["rollouts"] == whole_report["rollouts"]
+    for key in ("observations", "actions", "rewards", "terminals"):
+        np.testing.assert_array_equal(getattr(resumed, key), getattr(whole, key))
+
+    # Progress saved for other inputs (here another seed) is not used.
+    with caplog.at_level("WARNING", logger="ipdrl"):
+        augment(plenty, values, model, config, seed=1, progress=False, progress_file=progress_file)
+    assert "saved for other settings" in caplog.text
 
 
 def test_augmentation_is_deterministic_for_a_seed(setup):

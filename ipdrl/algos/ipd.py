@@ -21,7 +21,8 @@ fingerprint, IQL settings, seed); the world model by (dataset fingerprint, ensem
 file given with ``--world-model``; the augmentation by (IQL key, world-model key, augmentation settings, seed).
 A run that changes only stage-4 settings (alpha, rtg_mode, ...) therefore reuses all three. IQL and the policy
 train in the run directory with stage prefixes (``iql_``, ``policy_``) and resume with ``--resume``; the world
-model and the augmented dataset are written atomically once complete.
+model and the augmented dataset are written atomically once complete; an interrupted augmentation resumes from
+its last saved batch (``progress.pkl`` in its cache entry).
 
 Budgets (2-core CPU): ``tiny`` runs in seconds (tests). ``cpu`` takes about 30 minutes on one core for a shared
 dataset. Its stage 1 is the IQL baseline's own cpu budget (70k updates, ~10 min; the checkpoint is bit-identical to
@@ -230,9 +231,12 @@ def augmentation_stage(config: Config, dataset: Dataset, values: augmentation.Va
     if (folder / "report.json").exists():
         report = json.loads((folder / "report.json").read_text())
         return read_d4rl(folder / "dataset.hdf5", dataset.name), dict(info, cached=True, report=report)
-    augmented, report = augmentation.augment(dataset, values, model, config.augment, config.seed, config.progress)
+    progress_file = folder / "progress.pkl"  # an interrupted augmentation resumes from here
+    augmented, report = augmentation.augment(dataset, values, model, config.augment, config.seed, config.progress,
+                                             progress_file)
     write_d4rl(augmented, folder / "dataset.hdf5", compression=None)  # a D4RL file: `--dataset` accepts it too
     atomic_write_json(folder / "report.json", report)  # last: its presence marks a complete entry
+    progress_file.unlink(missing_ok=True)
     return augmented, dict(info, cached=False, report=report)
 
 
