@@ -66,6 +66,25 @@ def test_padding_affects_neither_real_outputs_nor_the_loss():
     np.testing.assert_allclose(scrambled_metrics["train/action_mse"], metrics["train/action_mse"], rtol=1e-6)
 
 
+def test_loss_mask_keeps_masked_steps_as_context_only():
+    dataset = short_episode_dataset(length=6)
+    learn = np.arange(dataset.size) % 2 == 0
+    learner = dt.make_learner(dt.Config(**TINY), dataset, loss_mask=learn)
+    state = learner.init(jax.random.PRNGKey(0))
+    batch = learner.sample(to_device(learner.fields), jax.random.PRNGKey(1))
+    update = jax.jit(learner.update)
+    _, metrics = update(state, batch, jax.random.PRNGKey(2))
+    # Actions of masked-out steps do not enter the loss (they do enter later steps' inputs, as context) ...
+    context = (batch["learn"] == 0)[..., None] & (np.arange(4) == 3)[None, :, None]  # last step: nobody reads it
+    _, changed = update(state, dict(batch, actions=jnp.where(context, 0.77, batch["actions"])), jax.random.PRNGKey(2))
+    np.testing.assert_allclose(changed["train/action_mse"], metrics["train/action_mse"], rtol=1e-6)
+    # ... and with every step masked out nothing is learned.
+    _, nothing = update(state, dict(batch, learn=jnp.zeros_like(batch["learn"])), jax.random.PRNGKey(2))
+    assert float(nothing["train/loss"]) == 0.0 and float(nothing["train/grad_norm"]) == 0.0
+    with pytest.raises(ValueError, match="loss_mask"):
+        dt.make_learner(dt.Config(**TINY), dataset, loss_mask=learn[:-1])
+
+
 def test_dt_learns_a_predictable_mapping():
     dataset = synthetic_dataset(episodes=8, length=30, obs_dim=4, act_dim=2)
     weights = np.random.default_rng(1).normal(size=(4, 2)).astype(np.float32)

@@ -126,6 +126,19 @@ def test_undiscounted_return_tokens_relabel_the_cached_augmented_data(first_run)
     assert labels.max() > discounted.max()  # undiscounted: nothing shrinks what lies ahead
 
 
+def test_copied_prefixes_can_be_context_only(first_run):
+    folder, config, _ = first_run
+    dataset = read_d4rl(config.dataset)
+    run = Run.create(folder / "run6", {})
+    iql_state, data, labels, timesteps, _ = ipd.training_data(config, dataset, run, None)
+    copied, imagined = ipd.copied_prefixes(data), data.infos["imagined"].astype(bool)
+    assert not copied[:dataset.size].any() and copied.any()
+    assert (copied | imagined)[dataset.size:].all()  # every added step is a copied real step or an imagined one
+    learner = ipd.policy_learner(dataclasses.replace(config, prefix_loss=False), data, iql_state, labels, timesteps)
+    np.testing.assert_array_equal(learner.fields["learn"], ~copied)
+    assert "learn" not in ipd.policy_learner(config, data, iql_state, labels, timesteps).fields
+
+
 def test_config_round_trips_through_config_json_and_rejects_bad_settings(tmp_path):
     config = tiny_config(tmp_path, alpha=0.3)
     saved = json.loads(json.dumps(pipelines.config_dict("ipd", config)))

@@ -135,9 +135,10 @@ CRITIC_PREFIX = "critic/"
 
 
 def make_learner(config: Config, dataset: Dataset, returns: ReturnTokens | None = None, critic: Critic | None = None,
-                 alpha: float = 0.0) -> Learner:
+                 alpha: float = 0.0, loss_mask: np.ndarray | None = None) -> Learner:
     """The sequence-policy learner. Defaults give the classic DT; IPD passes discounted value-unit ``returns``,
-    its IQL ``critic`` and ``alpha`` (loss = MSE(a_hat, a) - alpha * Q(s, a_hat) / mean|Q|)."""
+    its IQL ``critic`` and ``alpha`` (loss = MSE(a_hat, a) - alpha * Q(s, a_hat) / mean|Q|). ``loss_mask`` (one
+    bool per transition) leaves the masked-out transitions in the windows as context but out of the loss."""
     returns = returns or classic_returns(config, dataset)
     if (alpha > 0 or returns.value_factor is not None) and critic is None:
         raise ValueError("value guidance (alpha > 0) and value-conditioned return tokens need a critic: use "
@@ -161,6 +162,10 @@ def make_learner(config: Config, dataset: Dataset, returns: ReturnTokens | None 
         "returns": (np.asarray(returns.labels) / config.return_scale).astype(np.float32),
         "timesteps": np.asarray(returns.timesteps).astype(np.int32),
     }
+    if loss_mask is not None:
+        if len(loss_mask) != dataset.size:
+            raise ValueError(f"loss_mask has {len(loss_mask)} entries for {dataset.size} transitions.")
+        fields["learn"] = np.asarray(loss_mask, np.float32)
     if finetune is not None:
         fields.update({CRITIC_PREFIX + k: v for k, v in finetune.fields.items()})
 
@@ -194,7 +199,7 @@ def make_learner(config: Config, dataset: Dataset, returns: ReturnTokens | None 
         if finetune is not None:
             critic_state, critic_metrics = finetune.update(critic_state, batch["critic"], critic_key)
             metrics.update({k.replace("train/", "train/finetune_"): v for k, v in critic_metrics.items()})
-        mask = batch["mask"]
+        mask = batch["mask"] * batch["learn"] if "learn" in batch else batch["mask"]
 
         def loss_fn(params):
             predicted = model.apply(params, batch["returns"], normalize(batch["observations"], state["obs_stats"]),

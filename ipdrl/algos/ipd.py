@@ -102,6 +102,9 @@ class Config(dt.Config):
     return-to-go label at an episode start of the training data."""
     finetune_critic: bool = False
     """Keep training the critic (IQL's losses) on D_aug alongside the policy; default: frozen."""
+    prefix_loss: bool = True
+    """Train the action loss on the real prefixes copied into D_aug's added episodes too (as the method has it);
+    False keeps them as context only: those transitions are already in the data, with their own, lower returns."""
     return_discount: float | None = None
     """Discount of the training return tokens and of the classic rule's decrement; default: V's gamma, as the method
     has it (tokens in V's units, so V(s_t) is an in-distribution token). 1.0: undiscounted tokens (with imagined
@@ -265,7 +268,16 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
         critic_state = {k: iql_state[k] for k in ("critic_target", "value", "obs_stats", "reward_scale")}
     critic = dt.Critic(state=critic_state, q_value=functools.partial(iql.q_value, config.iql),
                        value=functools.partial(iql.value, config.iql), finetune=finetune)
-    return dt.make_learner(config, data, returns, critic, config.alpha)
+    return dt.make_learner(config, data, returns, critic, config.alpha,
+                           loss_mask=None if config.prefix_loss else ~copied_prefixes(data))
+
+
+def copied_prefixes(data: Dataset) -> np.ndarray:
+    """The real steps copied in front of imagined segments: the non-imagined steps of episodes with imagined ones."""
+    imagined = np.asarray(data.infos.get("imagined", np.zeros(data.size, bool)), bool)
+    episode = data.episode_index()
+    has_imagined = np.bincount(episode, weights=imagined, minlength=len(data.episode_starts)) > 0
+    return has_imagined[episode] & ~imagined
 
 
 def token_discount(config: Config) -> float:
