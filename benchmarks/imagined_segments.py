@@ -1,0 +1,167 @@
+"""Are IPD's accepted imagined segments better than the data in the real environment?
+
+    python benchmarks/imagined_segments.py RUN [RUN ...] [--samples 2000] [--seed 0] [--out FILE.json]
+
+RUN is a finished ``ipdrl train --algo ipd`` run directory (its ``results.json`` names the cached IQL and the
+augmented dataset). Stage 3 accepts a segment when its *imagined* value, ``sum_k gamma^k r_hat_k + gamma^l V(s_hat_l)``,
+beats the data's continuation from the same state over the same l steps. Here the segment's actions are replayed open
+loop in the real environment from the branch state (restored from the dataset's ``infos/qpos``, ``infos/qvel``), and
+the same value is computed from the real rewards and V at the real end state (0 after a real termination). Per run,
+over ``--samples`` accepted segments (all when fewer), in V's units:
+
+- ``imagined``, ``replayed``, ``data``: mean value of the segment as imagined, as replayed, and of the data's own
+  continuation; ``replayed_beats_data``: share of segments whose replayed value beats the data's;
+  ``replayed_terminates``: share that fall in the real environment within the segment;
+- the same, split by where the segment's branch point sits in stage 3's queue (branch points are tried in order of
+  decreasing sub-optimality delta; a larger imagined:real ratio reaches further down the queue): first, second
+  ... quarter of the accepted segments;
+- the real prefixes copied in front of the segments (``prefix_length`` steps each): their share of D_aug, how many
+  distinct data transitions they are, and their return labels in the added episodes vs the same transitions'
+  labels in the data.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import jax  # noqa: E402
+import numpy as np  # noqa: E402
+
+from ipdrl import augmentation, envs  # noqa: E402
+from ipdrl.algos import ipd, iql  # noqa: E402
+from ipdrl.data.d4rl import read_d4rl  # noqa: E402
+from ipdrl.data.loading import load_dataset  # noqa: E402
+from ipdrl.runs import Run  # noqa: E402
+
+QUARTERS = 4
+
+
+def load_values(iql_cache: Path, dataset) -> augmentation.ValueFunctions:
+    """V, Q and the policy of a cached stage-1 IQL (its settings are in the cache entry's info.json)."""
+    settings = json.loads((iql_cache / "info.json").read_text())["settings"]
+    config = iql.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    learner = iql.make_learner(config, dataset)
+    state, _ = Run(iql_cache).load_checkpoint(jax.jit(learner.init)(jax.random.PRNGKey(config.seed)), "iql")
+    return augmentation.from_iql(config, state, dataset.act_dim)
+
+
+def imagined_segments(augmented, original_size: int) -> list[np.ndarray]:
+    """Row indices of the imagined part of every added episode, in the order stage 3 accepted them."""
+    imagined = augmented.infos["imagined"].astype(bool)
+    return [np.arange(s, e)[imagined[s:e]] for s, e in zip(augmented.episode_starts, augmented.episode_ends)
+            if s >= original_size]
+
+
+def replay(env, qpos: np.ndarray, qvel: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Real rewards of ``actions`` from the restored state (until a real termination), the last observation, and
+    whether it terminated."""
+    env.reset(seed=0)
+    env.unwrapped.set_state(qpos, qvel)
+    rewards, obs, terminated = [], env.unwrapped._get_obs(), False
+    for action in actions:
+        obs, reward, terminated, _, _ = env.step(action)
+        rewards.append(reward)
+        if terminated:
+            break
+    return np.asarray(rewards), np.asarray(obs, np.float32), bool(terminated)
+
+
+def study(run_dir: Path, samples: int, seed: int) -> dict:
+    results = json.loads((run_dir / "results.json").read_text())
+    stages = results["stages"]
+    if "augment" not in stages:
+        raise SystemExit(f"{run_dir} has no augmentation stage (imagined:real ratio 0?)")
+    dataset = load_dataset(results["dataset"])
+    if "qpos" not in dataset.infos or "qvel" not in dataset.infos:
+        raise SystemExit(f"{results['dataset']} has no infos/qpos and infos/qvel: real replays need them.")
+    augmented = read_d4rl(stages["augment"]["cache"])
+    values = load_values(Path(stages["iql"]["cache"]), dataset)
+    data = augmentation.real_data(dataset, values)
+    row_of = {obs.tobytes(): i for i, obs in enumerate(dataset.observations)}
+
+    segments = imagined_segments(augmented, dataset.size)
+    order = np.arange(len(segments))
+    if len(order) > samples:
+        order = np.sort(np.random.default_rng(seed).choice(order, samples, replace=False))
+    env = envs.make_env(envs.env_id_for(dataset.name, dataset.metadata))
+    gamma = values.gamma
+    rows = []
+    for number in order:
+        rows_of_segment = segments[number]
+        branch = row_of[augmented.observations[rows_of_segment[0]].tobytes()]
+        actions = augmented.actions[rows_of_segment]
+        length = len(rows_of_segment)
+        real_rewards, end_obs, terminated = replay(env, dataset.infos["qpos"][branch], dataset.infos["qvel"][branch],
+                                                   actions)
+        discounts = gamma ** np.arange(len(real_rewards))
+        end_value = 0.0 if terminated else float(values.v(end_obs[None])[0])
+        replayed = float((discounts * values.scale(real_rewards)).sum() + gamma ** len(real_rewards) * end_value)
+        imagined_end = float(values.v(augmented.next_observations[rows_of_segment[-1]][None])[0])
+        imagined_terminal = bool(augmented.terminals[rows_of_segment[-1]])
+        imagined = float((gamma ** np.arange(length) * values.scale(augmented.rewards[rows_of_segment])).sum()
+                         + gamma ** length * (0.0 if imagined_terminal else imagined_end))
+        real = float(augmentation.continuation_values(data, np.array([branch]), np.array([length]), gamma)[0])
+        rows.append((number, imagined, replayed, real, terminated))
+
+    table = np.array(rows, dtype=float)
+    quarter = np.minimum((table[:, 0] * QUARTERS // max(len(segments), 1)).astype(int), QUARTERS - 1)
+
+    def summary(mask: np.ndarray) -> dict:
+        part = table[mask]
+        return {"segments": int(mask.sum()), "imagined": float(part[:, 1].mean()), "replayed": float(part[:, 2].mean()),
+                "data": float(part[:, 3].mean()), "replayed_beats_data": float((part[:, 2] > part[:, 3]).mean()),
+                "replayed_terminates": float(part[:, 4].mean())}
+
+    # The real prefixes copied in front of the segments: how much of D_aug they are, and their relabelled returns.
+    copied = ipd.copied_prefixes(augmented)
+    copied_rows = np.array([row_of[obs.tobytes()] for obs in augmented.observations[copied]], dtype=np.int64)
+    labels = augmented.infos["return_to_go"]
+    prefixes = {"share_of_d_aug": float(copied.mean()), "copies": int(copied.sum()),
+                "distinct_transitions": int(len(np.unique(copied_rows))),
+                "label_in_added_episodes": float(labels[copied].mean()) if copied.any() else None,
+                "label_in_the_data": float(labels[copied_rows].mean()) if copied.any() else None,
+                "data_label_mean": float(labels[:dataset.size].mean())}
+    return {"run": str(run_dir), "score": results["normalized_mean"],
+            "ratio": stages["augment"]["report"]["ratio_achieved"], "accepted_segments": len(segments),
+            "copied_prefixes": prefixes,
+            "all": summary(np.ones(len(table), bool)),
+            "by_queue_quarter": [summary(quarter == q) for q in range(QUARTERS) if (quarter == q).any()]}
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("runs", nargs="+", help="finished `ipdrl train --algo ipd` run directories")
+    parser.add_argument("--samples", type=int, default=2000, help="accepted segments replayed per run, at most")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--out", default=None, help="write the results as JSON here")
+    args = parser.parse_args(argv)
+    started = time.perf_counter()
+    studies = [study(Path(run), args.samples, args.seed) for run in args.runs]
+    print(f"{'run':<58} {'ratio':>5} {'score':>5} {'part':>5} {'n':>5} {'imagined':>8} {'replayed':>8} {'data':>6} "
+          f"{'beats':>5} {'falls':>5}")
+    for result in studies:
+        parts = [("all", result["all"])] + [(f"Q{q + 1}", s) for q, s in enumerate(result["by_queue_quarter"])]
+        for name, s in parts:
+            print(f"{result['run'][-58:]:<58} {result['ratio']:>5.2f} {result['score']:>5.1f} {name:>5} "
+                  f"{s['segments']:>5} {s['imagined']:>8.1f} {s['replayed']:>8.1f} {s['data']:>6.1f} "
+                  f"{s['replayed_beats_data']:>5.2f} {s['replayed_terminates']:>5.2f}")
+    print(f"\n{'run':<58} {'ratio':>5} {'copied prefixes (share of D_aug, copies, distinct)':>52} "
+          f"{'label there / in the data / data mean':>38}")
+    for result in studies:
+        p = result["copied_prefixes"]
+        print(f"{result['run'][-58:]:<58} {result['ratio']:>5.2f} {p['share_of_d_aug']:>16.1%} {p['copies']:>17} "
+              f"{p['distinct_transitions']:>17} {p['label_in_added_episodes']:>14.1f} {p['label_in_the_data']:>11.1f} "
+              f"{p['data_label_mean']:>11.1f}")
+    print(f"({time.perf_counter() - started:.0f} s)")
+    if args.out:
+        Path(args.out).write_text(json.dumps(studies, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
