@@ -126,7 +126,7 @@ def test_undiscounted_return_tokens_relabel_the_cached_augmented_data(first_run)
     assert labels.max() > discounted.max()  # undiscounted: nothing shrinks what lies ahead
 
 
-def test_copied_prefixes_can_be_context_only(first_run):
+def test_added_steps_can_be_context_only(first_run):
     folder, config, _ = first_run
     dataset = read_d4rl(config.dataset)
     run = Run.create(folder / "run6", {})
@@ -134,9 +134,13 @@ def test_copied_prefixes_can_be_context_only(first_run):
     copied, imagined = ipd.copied_prefixes(data), data.infos["imagined"].astype(bool)
     assert not copied[:dataset.size].any() and copied.any()
     assert (copied | imagined)[dataset.size:].all()  # every added step is a copied real step or an imagined one
-    learner = ipd.policy_learner(dataclasses.replace(config, prefix_loss=False), data, iql_state, labels, timesteps)
+    learner = ipd.policy_learner(dataclasses.replace(config, loss_on="no-prefixes"), data, iql_state, labels,
+                                 timesteps)
     np.testing.assert_array_equal(learner.fields["learn"], ~copied)
+    np.testing.assert_array_equal(ipd.loss_mask(data, "data"), np.arange(data.size) < dataset.size)
     assert "learn" not in ipd.policy_learner(config, data, iql_state, labels, timesteps).fields
+    with pytest.raises(ValueError, match="--loss-on"):
+        dataclasses.replace(config, loss_on="prefixes")
 
 
 def test_config_round_trips_through_config_json_and_rejects_bad_settings(tmp_path):

@@ -59,6 +59,7 @@ from ipdrl.world_models import ensemble
 from ipdrl.world_models.ensemble import EnsembleConfig
 
 RTG_MODES = ("value", "classic")
+LOSS_ON = ("all", "no-prefixes", "data")
 # Settings that do not change what a stage computes (where it is saved, how it is shown, how it is evaluated).
 UNHASHED = ("dataset", "env", "run_dir", "resume", "progress", "eval_every", "eval_episodes", "eval_seed",
             "checkpoint_every")
@@ -102,9 +103,11 @@ class Config(dt.Config):
     return-to-go label at an episode start of the training data."""
     finetune_critic: bool = False
     """Keep training the critic (IQL's losses) on D_aug alongside the policy; default: frozen."""
-    prefix_loss: bool = True
-    """Train the action loss on the real prefixes copied into D_aug's added episodes too (as the method has it);
-    False keeps them as context only: those transitions are already in the data, with their own, lower returns."""
+    loss_on: str = "all"
+    """Which steps of D_aug train the action loss; the others stay in the windows as context. 'all' (the method);
+    'no-prefixes': not the real prefixes copied into the added episodes (those transitions are in the data already,
+    with their own, lower returns); 'data': only the original data (a control: the added episodes then only take
+    a share of every batch)."""
     return_discount: float | None = None
     """Discount of the training return tokens and of the classic rule's decrement; default: V's gamma, as the method
     has it (tokens in V's units, so V(s_t) is an in-distribution token). 1.0: undiscounted tokens (with imagined
@@ -121,6 +124,8 @@ class Config(dt.Config):
         self.augment = _as_dataclass(AugmentConfig, self.augment)
         self.iql = dataclasses.replace(self.iql, dataset=self.dataset, env=self.env, seed=self.seed,
                                        eval_seed=self.eval_seed, progress=self.progress, run_dir=None, resume=False)
+        if self.loss_on not in LOSS_ON:
+            raise ValueError(f"unknown --loss-on {self.loss_on!r}: use one of {', '.join(LOSS_ON)}.")
         if self.rtg_mode not in RTG_MODES:
             raise ValueError(f"unknown --rtg-mode {self.rtg_mode!r}: use 'value' or 'classic'.")
         if self.alpha < 0 or self.return_scale <= 0:
@@ -268,16 +273,26 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
         critic_state = {k: iql_state[k] for k in ("critic_target", "value", "obs_stats", "reward_scale")}
     critic = dt.Critic(state=critic_state, q_value=functools.partial(iql.q_value, config.iql),
                        value=functools.partial(iql.value, config.iql), finetune=finetune)
-    return dt.make_learner(config, data, returns, critic, config.alpha,
-                           loss_mask=None if config.prefix_loss else ~copied_prefixes(data))
+    return dt.make_learner(config, data, returns, critic, config.alpha, loss_mask=loss_mask(data, config.loss_on))
+
+
+def added_episodes(data: Dataset) -> np.ndarray:
+    """Per transition: does it belong to an episode that augmentation added (one with imagined steps)?"""
+    imagined = np.asarray(data.infos.get("imagined", np.zeros(data.size, bool)), bool)
+    episode = data.episode_index()
+    return (np.bincount(episode, weights=imagined, minlength=data.num_episodes) > 0)[episode]
 
 
 def copied_prefixes(data: Dataset) -> np.ndarray:
-    """The real steps copied in front of imagined segments: the non-imagined steps of episodes with imagined ones."""
-    imagined = np.asarray(data.infos.get("imagined", np.zeros(data.size, bool)), bool)
-    episode = data.episode_index()
-    has_imagined = np.bincount(episode, weights=imagined, minlength=len(data.episode_starts)) > 0
-    return has_imagined[episode] & ~imagined
+    """The real steps copied in front of imagined segments: the non-imagined steps of added episodes."""
+    return added_episodes(data) & ~np.asarray(data.infos.get("imagined", np.zeros(data.size, bool)), bool)
+
+
+def loss_mask(data: Dataset, loss_on: str) -> np.ndarray | None:
+    """The transitions that train the action loss under ``--loss-on`` (None: all of them)."""
+    if loss_on == "no-prefixes":
+        return ~copied_prefixes(data)
+    return ~added_episodes(data) if loss_on == "data" else None
 
 
 def token_discount(config: Config) -> float:
