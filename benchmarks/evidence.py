@@ -328,7 +328,7 @@ def seconds_per_episode(result: dict) -> float:
 
 
 def plot_scaling(results: dict[str, dict[str, list[dict]]], dataset: str, path: Path) -> None:
-    """Score vs ratio (rows ``ratio R``), and the context-only-prefix rows as a second series."""
+    """Score vs ratio (rows ``ratio R``), and each kind of context-only row as a further series."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -348,7 +348,7 @@ def plot_scaling(results: dict[str, dict[str, list[dict]]], dataset: str, path: 
     ax.legend(fontsize=8)
     ax.set_xlabel("imagined : real transitions")
     ax.set_ylabel("normalised score")
-    ax.set_title(f"IPD on {dataset}: score vs amount of imagined data")
+    ax.set_title(f"IPD on {dataset}\nscore vs amount of imagined data", fontsize=10)
     fig.tight_layout()
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=120)

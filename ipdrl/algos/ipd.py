@@ -276,16 +276,19 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
     return dt.make_learner(config, data, returns, critic, config.alpha, loss_mask=loss_mask(data, config.loss_on))
 
 
+def imagined_steps(data: Dataset) -> np.ndarray:
+    return np.asarray(data.infos.get("imagined", np.zeros(data.size, bool)), bool)
+
+
 def added_episodes(data: Dataset) -> np.ndarray:
     """Per transition: does it belong to an episode that augmentation added (one with imagined steps)?"""
-    imagined = np.asarray(data.infos.get("imagined", np.zeros(data.size, bool)), bool)
     episode = data.episode_index()
-    return (np.bincount(episode, weights=imagined, minlength=data.num_episodes) > 0)[episode]
+    return (np.bincount(episode, weights=imagined_steps(data), minlength=data.num_episodes) > 0)[episode]
 
 
 def copied_prefixes(data: Dataset) -> np.ndarray:
     """The real steps copied in front of imagined segments: the non-imagined steps of added episodes."""
-    return added_episodes(data) & ~np.asarray(data.infos.get("imagined", np.zeros(data.size, bool)), bool)
+    return added_episodes(data) & ~imagined_steps(data)
 
 
 def loss_mask(data: Dataset, loss_on: str) -> np.ndarray | None:
