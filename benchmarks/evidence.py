@@ -16,8 +16,9 @@ Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evalua
 - ``tokens``     hopper-medium-replay, 1 seed: why IPD trails DT — stage 4's return tokens and value term varied
                  (value factor, classic RTG, alpha 0, undiscounted tokens) next to DT.
 - ``scaling``    hopper-medium-replay, 2 seeds: IPD with imagined:real ratio 0, 0.05 (the cpu preset), 0.25, 0.5,
-                 1, 2 (table and plot); and at 0.05 and 0.5 with the copied real prefixes, or the whole added
-                 episodes, kept out of stage 4's loss (context only).
+                 1, 2 (table and plot); and, to see why more imagined data hurts, at 0.05 and 0.5 with the copied
+                 real prefixes or the whole added episodes kept out of stage 4's loss (context only), and at 0
+                 and 0.5 with 21.5k stage-4 updates.
 - ``critic``     IPD (and its DT-style variant) with stage 1's IQL at 30k updates (the cpu preset until this
                  table) vs 70k (the IQL baseline's, now the preset), next to DT and IQL; the main table's datasets
                  and seeds.
@@ -99,8 +100,12 @@ IPD_RUNS = {"": "ipd", "--augment.ratio 0": "ipd-no-augmentation"}  # run folder
 # Stage 1 as the cpu preset had it until the critic table showed it too weak on halfcheetah; the ablation, tokens
 # and scaling tables were measured with it and keep it, so that their commands reproduce their figures.
 WEAK_CRITIC, WEAK_CRITIC_SUFFIX = ["--iql.steps", "30000"], "-iql-30k"  # flags, run-folder suffix
-# Scaling rows that keep part of the added episodes out of stage 4's loss (--loss-on), by row-name prefix.
-CONTEXT_ONLY = {"prefixes as context only": "no-prefixes", "added episodes as context only": "data"}
+# Scaling rows beyond the ratio sweep, asking why more imagined data hurts: (flags, ratios) by row-name prefix.
+# 21.5k stage-4 updates: D_aug at ratio 0.5 is 2.15x the data, so they sample the real data as often as the
+# preset's 10k do without augmentation.
+SCALING_SERIES = {"prefixes as context only": (["--loss-on", "no-prefixes"], ("0.05", "0.5")),
+                  "added episodes as context only": (["--loss-on", "data"], ("0.05", "0.5")),
+                  "21.5k stage-4 updates": (["--steps", "21500"], ("0", "0.5"))}
 # DT's target returns (3600 hopper, 12000 halfcheetah) in V's units: times IQL's reward scale on each dataset.
 DT_TARGETS_IN_V_UNITS = {"hopper-medium-replay": 1830, "halfcheetah-medium-replay": 2177}
 UNDISCOUNTED_CLASSIC = ["--rtg-mode", "classic", "--return-discount", "1", "--return-scale", "1000"]
@@ -158,10 +163,8 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
                        + (["--augment.max-passes", "4"] if float(r) >= 1 else [])
                        for r in ("0", "0.05", "0.25", "0.5", "1", "2")}
         variants = {f"ratio {r}": flags for r, flags in ratio_flags.items()}
-        # Why more imagined data hurts: stage 4 without the loss on the real prefixes copied into the added
-        # episodes, or on the added episodes at all.
-        variants |= {f"{name}, ratio {r}": ratio_flags[r] + ["--loss-on", loss_on]
-                     for name, loss_on in CONTEXT_ONLY.items() for r in ("0.05", "0.5")}
+        variants |= {f"{name}, ratio {r}": ratio_flags[r] + flags
+                     for name, (flags, ratios) in SCALING_SERIES.items() for r in ratios}
         return [ipd_variants(d, s, out, variants, weak_critic=True) for d in datasets for s in seeds]
     if table == "critic":
         def with_critic(d: str, s: int, critic: str, weak: bool) -> list[Spec]:
@@ -328,14 +331,14 @@ def seconds_per_episode(result: dict) -> float:
 
 
 def plot_scaling(results: dict[str, dict[str, list[dict]]], dataset: str, path: Path) -> None:
-    """Score vs ratio (rows ``ratio R``), and each kind of context-only row as a further series."""
+    """Score vs ratio (rows ``ratio R``), and each of SCALING_SERIES as a further series."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(5, 3.5))
-    for label, prefix in [("IPD", "ratio "), *((name, f"{name}, ratio ") for name in CONTEXT_ONLY)]:
+    for label, prefix in [("IPD", "ratio "), *((name, f"{name}, ratio ") for name in SCALING_SERIES)]:
         ratios, means, stds = [], [], []
         for row, by_dataset in results.items():
             scores = [r["normalized_mean"] for r in by_dataset.get(dataset, [])]
