@@ -34,7 +34,7 @@ import jax  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ipdrl import augmentation, envs  # noqa: E402
-from ipdrl.algos import ipd, iql  # noqa: E402
+from ipdrl.algos import iql  # noqa: E402
 from ipdrl.data.d4rl import read_d4rl  # noqa: E402
 from ipdrl.data.loading import load_dataset  # noqa: E402
 from ipdrl.runs import Run  # noqa: E402
@@ -119,7 +119,7 @@ def study(run_dir: Path, samples: int, seed: int) -> dict:
                 "replayed_terminates": float(part[:, 4].mean())}
 
     # The real prefixes copied in front of the segments: how much of D_aug they are, and their relabelled returns.
-    copied = ipd.copied_prefixes(augmented)
+    copied = augmentation.copied_prefixes(augmented)
     copied_rows = np.array([row_of[obs.tobytes()] for obs in augmented.observations[copied]], dtype=np.int64)
     labels = augmented.infos["return_to_go"]
     prefixes = {"share_of_d_aug": float(copied.mean()), "copies": int(copied.sum()),

@@ -333,6 +333,22 @@ def _new_episodes(dataset: Dataset, segments: list[dict[str, np.ndarray]], prefi
     return Dataset(**joined, infos=infos, metadata=dict(dataset.metadata), name=dataset.name)
 
 
+def imagined_steps(dataset: Dataset) -> np.ndarray:
+    """Per transition: is it imagined? (All False for data that was never augmented.)"""
+    return np.asarray(dataset.infos.get("imagined", np.zeros(dataset.size, bool)), bool)
+
+
+def added_episodes(dataset: Dataset) -> np.ndarray:
+    """Per transition: does it belong to an episode that augmentation added (one with imagined steps)?"""
+    episode = dataset.episode_index()
+    return (np.bincount(episode, weights=imagined_steps(dataset), minlength=dataset.num_episodes) > 0)[episode]
+
+
+def copied_prefixes(dataset: Dataset) -> np.ndarray:
+    """The real steps copied in front of imagined segments: the non-imagined steps of added episodes."""
+    return added_episodes(dataset) & ~imagined_steps(dataset)
+
+
 class Progress(NamedTuple):
     """How far :func:`augment`'s batch loop got: saved while it runs, so an interrupted augmentation resumes."""
 
@@ -343,6 +359,16 @@ class Progress(NamedTuple):
     imagined_count: int
     simulated: int
     seconds: float             # time spent in earlier attempts
+
+
+def _progress_signature(config: AugmentConfig, seed: int, dataset: Dataset, kappa: float, candidates: np.ndarray,
+                        model: EnsembleModel) -> dict:
+    """What the batches depend on: the branch points stand for the data and V; the model's weights are hashed."""
+    digest = hashlib.sha256(candidates.tobytes())
+    for leaf in jax.tree_util.tree_leaves(model["params"]):
+        digest.update(np.asarray(leaf).tobytes())
+    return {"config": dataclasses.asdict(config), "seed": seed, "size": dataset.size, "kappa": kappa,
+            "inputs": digest.hexdigest()}
 
 
 def _load_progress(path: Path | None, signature: dict) -> Progress | None:
@@ -388,12 +414,7 @@ def augment(dataset: Dataset, values: ValueFunctions, model: EnsembleModel, conf
     rollout = functools.partial(imagined_rollouts, values=values, planner=planner, mode=config.mode,
                                 length=config.rollout_length, kind=config.uncertainty)
 
-    # The branch points depend on the data and V; the model's weights are hashed themselves.
-    digest = hashlib.sha256(candidates.tobytes())
-    for leaf in jax.tree_util.tree_leaves(model["params"]):
-        digest.update(np.asarray(leaf).tobytes())
-    signature = {"config": dataclasses.asdict(config), "seed": seed, "size": dataset.size, "kappa": kappa,
-                 "inputs": digest.hexdigest()}
+    signature = _progress_signature(config, seed, dataset, kappa, candidates, model) if progress_file else {}
     saved = _load_progress(progress_file, signature)
     segments: list[dict[str, np.ndarray]] = saved.segments if saved else []
     tried: list[Judgement] = saved.tried if saved else []
@@ -436,7 +457,7 @@ def augment(dataset: Dataset, values: ValueFunctions, model: EnsembleModel, conf
     bar.close()
 
     base = dataset.replace(infos={**dataset.infos, "timesteps": _timesteps(dataset),
-                                  "imagined": dataset.infos.get("imagined", np.zeros(dataset.size, bool))})
+                                  "imagined": imagined_steps(dataset)})
     augmented = concatenate([base, _new_episodes(dataset, segments, config.prefix_length)]) if segments else base
     augmented = augmented.replace(infos={**augmented.infos, "return_to_go": return_labels(augmented, values)})
     seconds = earlier_seconds + time.perf_counter() - started

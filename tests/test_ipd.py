@@ -131,7 +131,7 @@ def test_added_steps_can_be_context_only(first_run):
     dataset = read_d4rl(config.dataset)
     run = Run.create(folder / "run6", {})
     iql_state, data, labels, timesteps, _ = ipd.training_data(config, dataset, run, None)
-    copied, imagined = ipd.copied_prefixes(data), data.infos["imagined"].astype(bool)
+    copied, imagined = augmentation.copied_prefixes(data), data.infos["imagined"].astype(bool)
     assert not copied[:dataset.size].any() and copied.any()
     assert (copied | imagined)[dataset.size:].all()  # every added step is a copied real step or an imagined one
     learner = ipd.policy_learner(dataclasses.replace(config, loss_on="no-prefixes"), data, iql_state, labels,

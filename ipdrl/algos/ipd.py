@@ -276,26 +276,13 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
     return dt.make_learner(config, data, returns, critic, config.alpha, loss_mask=loss_mask(data, config.loss_on))
 
 
-def imagined_steps(data: Dataset) -> np.ndarray:
-    return np.asarray(data.infos.get("imagined", np.zeros(data.size, bool)), bool)
-
-
-def added_episodes(data: Dataset) -> np.ndarray:
-    """Per transition: does it belong to an episode that augmentation added (one with imagined steps)?"""
-    episode = data.episode_index()
-    return (np.bincount(episode, weights=imagined_steps(data), minlength=data.num_episodes) > 0)[episode]
-
-
-def copied_prefixes(data: Dataset) -> np.ndarray:
-    """The real steps copied in front of imagined segments: the non-imagined steps of added episodes."""
-    return added_episodes(data) & ~imagined_steps(data)
-
-
 def loss_mask(data: Dataset, loss_on: str) -> np.ndarray | None:
     """The transitions that train the action loss under ``--loss-on`` (None: all of them)."""
     if loss_on == "no-prefixes":
-        return ~copied_prefixes(data)
-    return ~added_episodes(data) if loss_on == "data" else None
+        return ~augmentation.copied_prefixes(data)
+    if loss_on == "data":
+        return ~augmentation.added_episodes(data)
+    return None
 
 
 def token_discount(config: Config) -> float:
@@ -338,7 +325,7 @@ def run_pipeline(config: Config, dataset: Dataset, run: Run, env_id: str) -> dic
     started = time.perf_counter()
     state = train_learner(learner, config, run, env_id, dataset.name, stage="policy_")
     stages["policy"] = {"seconds": time.perf_counter() - started, "transitions": data.size,
-                        "imagined_transitions": int(np.sum(data.infos.get("imagined", 0)))}
+                        "imagined_transitions": int(augmentation.imagined_steps(data).sum())}
     result = final_evaluation(learner, state, config, env_id, dataset.name)
     return {**result, "return_target": float(state["return_target"]), "stages": _brief(stages)}
 
