@@ -30,7 +30,7 @@ import logging
 import pickle
 import time
 from pathlib import Path
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -350,51 +350,83 @@ def copied_prefixes(dataset: Dataset) -> np.ndarray:
 
 
 class Progress(NamedTuple):
-    """How far :func:`augment`'s batch loop got: saved while it runs, so an interrupted augmentation resumes."""
+    """How far :func:`augment`'s batch loop got, in whole batches: saved while it runs, so an interrupted
+    augmentation resumes, and kept when it ends, so one with another ratio continues from it."""
 
     signature: dict            # what the batches depend on; a saved progress with another signature is not used
     batches_done: int          # batches of branch points rolled out, counted across passes
-    segments: list             # accepted segments so far
+    segments: list             # every segment those batches accepted, in order (the target cuts the result only)
     tried: list                # a Judgement per batch done
-    imagined_count: int
-    simulated: int
     seconds: float             # time spent in earlier attempts
 
 
 def _progress_signature(config: AugmentConfig, seed: int, dataset: Dataset, kappa: float, candidates: np.ndarray,
                         model: EnsembleModel) -> dict:
-    """What the batches depend on: the branch points stand for the data and V; the model's weights are hashed."""
+    """What the batches depend on (not the ratio or the number of passes, which only say when to stop): the branch
+    points stand for the data and V; the model's weights are hashed."""
     digest = hashlib.sha256(candidates.tobytes())
     for leaf in jax.tree_util.tree_leaves(model["params"]):
         digest.update(np.asarray(leaf).tobytes())
-    return {"config": dataclasses.asdict(config), "seed": seed, "size": dataset.size, "kappa": kappa,
-            "inputs": digest.hexdigest()}
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("ratio", "max_passes")}
+    return {"config": settings, "seed": seed, "size": dataset.size, "kappa": kappa, "inputs": digest.hexdigest()}
 
 
-def _load_progress(path: Path | None, signature: dict) -> Progress | None:
-    if path is None or not path.exists():
-        return None
+def _load_progress(path: Path, signature: dict, warn: bool) -> Progress | None:
     try:
         saved = pickle.loads(path.read_bytes())
     except Exception as error:  # noqa: BLE001 -- any unreadable file means: start over
-        log.warning("augment: ignoring unreadable progress file %s (%s); starting over", path, error)
+        if warn:
+            log.warning("augment: ignoring unreadable progress file %s (%s); starting over", path, error)
         return None
     if not isinstance(saved, Progress) or saved.signature != signature:
-        log.warning("augment: %s was saved for other settings or data; starting over", path)
+        if warn:
+            log.warning("augment: %s was saved for other settings or data; starting over", path)
         return None
-    log.info("augment: resuming from %s (%d batches done, %d imagined transitions)", path, saved.batches_done,
-             saved.imagined_count)
     return saved
 
 
+def _starting_point(progress_file: Path | None, others: Sequence[Path], signature: dict) -> Progress | None:
+    """The run's own saved progress, else the furthest of ``others`` (augmentations of the same inputs with another
+    ratio or number of passes): their batches are this run's first batches."""
+    if progress_file is not None and progress_file.exists():
+        saved = _load_progress(progress_file, signature, warn=True)
+        if saved is not None:
+            log.info("augment: resuming from %s (%d batches done)", progress_file, saved.batches_done)
+            return saved
+    found = [(saved, path) for path in others if path.exists() and path != progress_file
+             for saved in [_load_progress(path, signature, warn=False)] if saved is not None]
+    if not found:
+        return None
+    saved, path = max(found, key=lambda pair: pair[0].batches_done)
+    log.info("augment: continuing from %s, the same batches for another ratio (%d batches done)", path,
+             saved.batches_done)
+    return saved
+
+
+def _cut(segments: list[dict], tried: list[Judgement], target: int, batches: int
+         ) -> tuple[list[dict], list[Judgement]]:
+    """The accepted segments and tried batches of a run that stops after ``batches`` batches or at the first segment
+    that brings the imagined transitions to ``target``, whichever comes first."""
+    tried = tried[:batches]
+    segments = segments[:sum(int((verdict.reason == "").sum()) for verdict in tried)]
+    reached = np.cumsum([segment["length"] for segment in segments]) >= target
+    if not reached.any():
+        return segments, tried
+    keep = int(np.argmax(reached)) + 1
+    batches = int(np.argmax(np.cumsum([(verdict.reason == "").sum() for verdict in tried]) >= keep)) + 1
+    return segments[:keep], tried[:batches]
+
+
 def augment(dataset: Dataset, values: ValueFunctions, model: EnsembleModel, config: AugmentConfig, seed: int,
-            progress: bool = True, progress_file: Path | None = None, save_every_seconds: float = 60.0
-            ) -> tuple[Dataset, dict]:
+            progress: bool = True, progress_file: Path | None = None, save_every_seconds: float = 60.0,
+            other_progress_files: Sequence[Path] = ()) -> tuple[Dataset, dict]:
     """``D_aug = dataset + accepted imagined episodes``, and a report (see the module docstring).
 
-    With ``progress_file``, the work done so far is saved there (atomically, every ``save_every_seconds``) and an
-    interrupted call with the same inputs resumes from it; the result equals an uninterrupted call's, since every
-    batch's randomness depends only on (seed, pass, batch). The caller deletes the file once it has the result.
+    With ``progress_file``, the batches done so far are saved there (atomically, every ``save_every_seconds``, and
+    once more at the end) and a call with the same inputs resumes from it; the result equals an uninterrupted
+    call's, since every batch's randomness depends only on (seed, pass, batch). A call without a progress of its
+    own starts from the furthest of ``other_progress_files`` saved for the same inputs and another ratio or number
+    of passes: a ratio sweep rolls out each batch once.
     """
     started = time.perf_counter()
     model_obs_dim = int(model["stats"]["input_mean"].shape[-1]) - dataset.act_dim
@@ -414,15 +446,21 @@ def augment(dataset: Dataset, values: ValueFunctions, model: EnsembleModel, conf
     rollout = functools.partial(imagined_rollouts, values=values, planner=planner, mode=config.mode,
                                 length=config.rollout_length, kind=config.uncertainty)
 
-    signature = _progress_signature(config, seed, dataset, kappa, candidates, model) if progress_file else {}
-    saved = _load_progress(progress_file, signature)
+    saving = progress_file is not None
+    signature = _progress_signature(config, seed, dataset, kappa, candidates, model) if saving else {}
+    saved = _starting_point(progress_file, other_progress_files, signature) if saving else None
     segments: list[dict[str, np.ndarray]] = saved.segments if saved else []
     tried: list[Judgement] = saved.tried if saved else []
-    imagined_count, simulated = (saved.imagined_count, saved.simulated) if saved else (0, 0)
     batches_done, earlier_seconds = (saved.batches_done, saved.seconds) if saved else (0, 0.0)
+    imagined_count = sum(segment["length"] for segment in segments)
+
+    def save() -> None:
+        seconds = earlier_seconds + time.perf_counter() - started
+        atomic_write_bytes(progress_file, pickle.dumps(Progress(signature, batches_done, segments, tried, seconds)))
+
     last_save = time.perf_counter()
-    bar = tqdm(total=target, initial=imagined_count, desc="augment", unit="imagined", disable=not progress,
-               dynamic_ncols=True)
+    bar = tqdm(total=target, initial=min(imagined_count, target), desc="augment", unit="imagined",
+               disable=not progress, dynamic_ncols=True)
     batch = config.branch_batch
     batches = [(pass_index, first) for pass_index in range(config.max_passes if target > 0 else 0)
                for first in range(0, len(candidates), batch)]
@@ -436,25 +474,24 @@ def augment(dataset: Dataset, values: ValueFunctions, model: EnsembleModel, conf
         key = jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(seed), pass_index), first)
         rollouts = {k: np.asarray(v)[: len(branch)]
                     for k, v in rollout(model, jnp.asarray(dataset.observations[padded]), key).items()}
-        simulated += len(branch) * config.rollout_length
         verdict = judge(rollouts, branch, data, values, kappa, config)
         tried.append(verdict)
-        for i in np.flatnonzero(verdict.reason == ""):
-            if imagined_count >= target:
-                break
-            segments.append({"branch": branch[i], "length": int(verdict.lengths[i]),
-                             "terminated": bool(verdict.terminated[i]),
-                             **{k: rollouts[k][i] for k in ("observations", "actions", "rewards",
-                                                            "next_observations")}})
-            imagined_count += int(verdict.lengths[i])
-            bar.update(int(verdict.lengths[i]))
+        accepted = np.flatnonzero(verdict.reason == "")
+        segments += [{"branch": branch[i], "length": int(verdict.lengths[i]), "terminated": bool(verdict.terminated[i]),
+                      **{k: rollouts[k][i] for k in ("observations", "actions", "rewards", "next_observations")}}
+                     for i in accepted]
+        imagined_count += int(verdict.lengths[accepted].sum())
+        bar.update(min(imagined_count, target) - bar.n)
         batches_done = number + 1
-        if progress_file is not None and time.perf_counter() - last_save >= save_every_seconds:
-            seconds = earlier_seconds + time.perf_counter() - started
-            atomic_write_bytes(progress_file, pickle.dumps(Progress(signature, batches_done, segments, tried,
-                                                                    imagined_count, simulated, seconds)))
+        if saving and time.perf_counter() - last_save >= save_every_seconds:
+            save()
             last_save = time.perf_counter()
     bar.close()
+    if saving and batches_done > (saved.batches_done if saved else 0):
+        save()
+    segments, tried = _cut(segments, tried, target, len(batches))
+    imagined_count = sum(segment["length"] for segment in segments)
+    simulated = sum(len(verdict.reason) for verdict in tried) * config.rollout_length
 
     base = dataset.replace(infos={**dataset.infos, "timesteps": _timesteps(dataset),
                                   "imagined": imagined_steps(dataset)})

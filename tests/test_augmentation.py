@@ -195,6 +195,36 @@ def test_an_interrupted_augmentation_resumes_to_the_same_result(setup, tmp_path,
     assert "saved for other settings" in caplog.text
 
 
+def test_a_ratio_sweep_rolls_out_each_batch_once(setup, tmp_path, monkeypatch, caplog):
+    dataset, values, model, _, _ = setup
+    plenty = dataset.replace(rewards=np.full(dataset.size, -1000.0, np.float32))  # every segment is accepted
+    small, large = (dataclasses.replace(CONFIG, ratio=ratio, max_passes=3) for ratio in (0.4, 1.0))
+    expected = {config.ratio: augment(plenty, values, model, config, seed=0, progress=False)
+                for config in (small, large)}
+    small_file, large_file = tmp_path / "small.pkl", tmp_path / "large.pkl"
+    augment(plenty, values, model, small, seed=0, progress=False, progress_file=small_file)
+    batches_small = pickle.loads(small_file.read_bytes()).batches_done
+    assert 0 < batches_small < expected[1.0][1]["rollouts"] / CONFIG.branch_batch
+
+    judge, calls = augmentation.judge, []
+    monkeypatch.setattr(augmentation, "judge", lambda *args, **kwargs: calls.append(1) or judge(*args, **kwargs))
+    for config, own, others in ((large, large_file, [small_file]), (small, tmp_path / "again.pkl", [large_file])):
+        calls.clear()
+        with caplog.at_level("INFO", logger="ipdrl"):
+            result, report = augment(plenty, values, model, config, seed=0, progress=False, progress_file=own,
+                                     other_progress_files=others)
+        assert "continuing from" in caplog.text
+        whole, whole_report = expected[config.ratio]
+        # The larger ratio rolls out only the batches the smaller one had not; the smaller one none at all, and is
+        # cut where a run that stopped at its target stops.
+        assert len(calls) == (whole_report["rollouts"] // CONFIG.branch_batch - batches_small if config is large
+                              else 0)
+        assert report["rollouts"] == whole_report["rollouts"] and report["accepted"] == whole_report["accepted"]
+        for key in ("observations", "actions", "rewards", "terminals"):
+            np.testing.assert_array_equal(getattr(result, key), getattr(whole, key))
+        np.testing.assert_array_equal(result.infos["return_to_go"], whole.infos["return_to_go"])
+
+
 def test_augmentation_is_deterministic_for_a_seed(setup):
     dataset, values, model, augmented, _ = setup
     again, _ = augment(dataset, values, model, CONFIG, seed=0, progress=False)

@@ -113,6 +113,19 @@ def test_no_augmentation_ablation_uses_value_labels_of_the_real_data(first_run):
     np.testing.assert_array_equal(timesteps, dataset.timesteps())
 
 
+def test_another_ratio_continues_from_the_cached_augmentations_batches(first_run, caplog):
+    folder, config, _ = first_run
+    dataset = read_d4rl(config.dataset)
+    first = json.loads(next((folder / "cache").glob("augment-*/report.json")).read_text())
+    more = dataclasses.replace(config, augment=dataclasses.replace(config.augment, ratio=1.0, max_passes=2))
+    with caplog.at_level("INFO", logger="ipdrl"):
+        _, _, _, _, stages = ipd.training_data(more, dataset, Run.create(folder / "run-more", {}), None)
+    assert not stages["augment"]["cached"] and "continuing from" in caplog.text
+    report = stages["augment"]["report"]  # the tiny set's branch points run out: two whole passes
+    assert report["rollouts"] == 2 * first["rollouts"] and report["accepted"] >= first["accepted"]
+    assert len(list((folder / "cache").glob("augment-*/progress.pkl"))) == 2  # kept for the next sweep
+
+
 def test_undiscounted_return_tokens_relabel_the_cached_augmented_data(first_run):
     folder, config, _ = first_run
     dataset = read_d4rl(config.dataset)

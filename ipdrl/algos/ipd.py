@@ -22,7 +22,8 @@ file given with ``--world-model``; the augmentation by (IQL key, world-model key
 A run that changes only stage-4 settings (alpha, rtg_mode, ...) therefore reuses all three. IQL and the policy
 train in the run directory with stage prefixes (``iql_``, ``policy_``) and resume with ``--resume``; the world
 model and the augmented dataset are written atomically once complete; an interrupted augmentation resumes from
-its last saved batch (``progress.pkl`` in its cache entry).
+its last saved batch (``progress.pkl`` in its cache entry), and one with a larger imagined:real ratio continues from
+the batches a smaller ratio rolled out (the files are kept: a ratio sweep rolls out each batch once).
 
 Budgets (2-core CPU): ``tiny`` runs in seconds (tests). ``cpu`` takes about 30 minutes on one core for a shared
 dataset. Its stage 1 is the IQL baseline's own cpu budget (70k updates, ~10 min; the checkpoint is bit-identical to
@@ -239,12 +240,13 @@ def augmentation_stage(config: Config, dataset: Dataset, values: augmentation.Va
     if (folder / "report.json").exists():
         report = json.loads((folder / "report.json").read_text())
         return read_d4rl(folder / "dataset.hdf5", dataset.name), dict(info, cached=True, report=report)
-    progress_file = folder / "progress.pkl"  # an interrupted augmentation resumes from here
+    # An interrupted augmentation resumes from its progress file, and one with a new ratio continues from the
+    # batches that augmentations with other ratios (same inputs) rolled out: the files stay in the cache.
+    others = sorted(Path(config.cache_dir).glob("augment-*/progress.pkl"))
     augmented, report = augmentation.augment(dataset, values, model, config.augment, config.seed, config.progress,
-                                             progress_file)
+                                             folder / "progress.pkl", other_progress_files=others)
     write_d4rl(augmented, folder / "dataset.hdf5", compression=None)  # a D4RL file: `--dataset` accepts it too
     atomic_write_json(folder / "report.json", report)  # last: its presence marks a complete entry
-    progress_file.unlink(missing_ok=True)
     return augmented, dict(info, cached=False, report=report)
 
 
