@@ -284,7 +284,30 @@ def format_table(table: str, results: dict[str, dict[str, list[dict]]], datasets
     for row, by_dataset in results.items():
         cells = [mean_std([r["normalized_mean"] for r in by_dataset.get(d, [])]) for d in datasets]
         lines.append("| " + " | ".join([row, *cells]) + " |")
+    if table == "baselines":
+        lines += versus_d3rlpy(results, datasets)
     return "\n".join(lines)
+
+
+def versus_d3rlpy(results: dict[str, dict[str, list[dict]]], datasets: list[str]) -> list[str]:
+    """Ours − d3rlpy for each algorithm both have: difference of the seed means with Welch's t 95% interval (unequal
+    variances; few seeds make it wide, which is the point), and the seeds' scores."""
+    from scipy import stats
+
+    lines = ["", "Ours − d3rlpy, same data, budget and evaluation episodes: difference of the seed means, Welch's t "
+             "95% interval (`scipy.stats.ttest_ind`, unequal variances), each seed's score.", "",
+             "| algorithm | dataset | ours − d3rlpy | 95% interval | ours | d3rlpy |", "|---|---|---|---|---|---|"]
+    for row in [row for row in results if row.startswith("d3rlpy ")]:
+        ours_row = row.removeprefix("d3rlpy ")
+        for d in datasets:
+            ours, theirs = ([r["normalized_mean"] for r in results.get(name, {}).get(d, [])] for name in (ours_row, row))
+            if len(ours) < 2 or len(theirs) < 2:
+                continue
+            low, high = stats.ttest_ind(ours, theirs, equal_var=False).confidence_interval(0.95)
+            seeds = [", ".join(f"{x:.1f}" for x in scores) for scores in (ours, theirs)]
+            lines.append(f"| {ours_row} | {d} | {statistics.mean(ours) - statistics.mean(theirs):+.1f} | "
+                         f"[{low:+.1f}, {high:+.1f}] | {seeds[0]} | {seeds[1]} |")
+    return lines
 
 
 def dwm_rows(results: dict[str, dict[str, list[dict]]], datasets: list[str]) -> list[str]:
