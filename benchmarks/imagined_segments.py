@@ -1,6 +1,6 @@
 """Are IPD's accepted imagined segments better than the data in the real environment?
 
-    python benchmarks/imagined_segments.py RUN [RUN ...] [--samples 2000] [--seed 0] [--out FILE.json]
+    python benchmarks/imagined_segments.py RUN [RUN ...] [--samples 2000] [--horizon 200] [--seed 0] [--out FILE.json]
 
 RUN is a finished ``ipdrl train --algo ipd`` run directory (its ``results.json`` names the cached IQL and the
 augmented dataset). Stage 3 accepts a segment when its *imagined* value, ``sum_k gamma^k r_hat_k + gamma^l V(s_hat_l)``,
@@ -15,6 +15,11 @@ over ``--samples`` accepted segments (all when fewer), in V's units:
 - the same, split by where the segment's branch point sits in stage 3's queue (branch points are tried in order of
   decreasing sub-optimality delta; a larger imagined:real ratio reaches further down the queue): first, second
   ... quarter of the accepted segments;
+- over a longer ``--horizon`` of real steps from the branch state (does what V rates better over a few steps stay
+  better?): the real return, undiscounted, of three arms that all continue with stage 1's IQL policy (deterministic)
+  once their first ``l`` actions are played — the segment's imagined actions, the data's own actions, or the IQL
+  policy from the start — with the share of segments where the imagined arm beats the data arm and each arm's share
+  of falls within the horizon;
 - the real prefixes copied in front of the segments (``prefix_length`` steps each): their share of D_aug, how many
   distinct data transitions they are, and their return labels in the added episodes vs the same transitions'
   labels in the data.
@@ -38,6 +43,7 @@ from ipdrl.algos import iql  # noqa: E402
 from ipdrl.data.d4rl import read_d4rl  # noqa: E402
 from ipdrl.data.loading import load_dataset  # noqa: E402
 from ipdrl.runs import Run  # noqa: E402
+from ipdrl.world_models.ensemble import map_batches  # noqa: E402
 
 QUARTERS = 4
 
@@ -58,13 +64,15 @@ def imagined_segments(augmented, original_size: int) -> list[np.ndarray]:
             if s >= original_size]
 
 
-def replay(env, qpos: np.ndarray, qvel: np.ndarray, actions: np.ndarray) -> tuple[np.ndarray, np.ndarray, bool]:
-    """Real rewards of ``actions`` from the restored state (until a real termination), the last observation, and
-    whether it terminated."""
+def play(env, qpos: np.ndarray, qvel: np.ndarray, actions: np.ndarray, policy=None, steps: int = 0
+         ) -> tuple[np.ndarray, np.ndarray, bool]:
+    """Real rewards of ``actions`` from the restored state, then of ``policy`` for ``steps`` more steps (until a real
+    termination), the last observation, and whether it terminated."""
     env.reset(seed=0)
     env.unwrapped.set_state(qpos, qvel)
     rewards, obs, terminated = [], env.unwrapped._get_obs(), False
-    for action in actions:
+    for k in range(len(actions) + (steps if policy is not None else 0)):
+        action = actions[k] if k < len(actions) else policy(obs)
         obs, reward, terminated, _, _ = env.step(action)
         rewards.append(reward)
         if terminated:
@@ -72,7 +80,7 @@ def replay(env, qpos: np.ndarray, qvel: np.ndarray, actions: np.ndarray) -> tupl
     return np.asarray(rewards), np.asarray(obs, np.float32), bool(terminated)
 
 
-def study(run_dir: Path, samples: int, seed: int) -> dict:
+def study(run_dir: Path, samples: int, horizon: int, seed: int) -> dict:
     results = json.loads((run_dir / "results.json").read_text())
     stages = results["stages"]
     if "augment" not in stages:
@@ -91,23 +99,38 @@ def study(run_dir: Path, samples: int, seed: int) -> dict:
         order = np.sort(np.random.default_rng(seed).choice(order, samples, replace=False))
     env = envs.make_env(envs.env_id_for(dataset.name, dataset.metadata))
     gamma = values.gamma
-    rows = []
+    iql_action = jax.jit(lambda obs: values.policy(obs[None])[0][0])
+    policy = lambda obs: np.asarray(iql_action(np.asarray(obs, np.float32)))  # noqa: E731
+    no_actions = np.zeros((0, dataset.act_dim), np.float32)
+    rows, ends = [], []
     for number in order:
         rows_of_segment = segments[number]
         branch = row_of[augmented.observations[rows_of_segment[0]].tobytes()]
         actions = augmented.actions[rows_of_segment]
         length = len(rows_of_segment)
-        real_rewards, end_obs, terminated = replay(env, dataset.infos["qpos"][branch], dataset.infos["qvel"][branch],
-                                                   actions)
+        state = dataset.infos["qpos"][branch], dataset.infos["qvel"][branch]
+        real_rewards, end_obs, terminated = play(env, *state, actions)
         discounts = gamma ** np.arange(len(real_rewards))
-        end_value = 0.0 if terminated else float(values.v(end_obs[None])[0])
-        replayed = float((discounts * values.scale(real_rewards)).sum() + gamma ** len(real_rewards) * end_value)
-        imagined_end = float(values.v(augmented.next_observations[rows_of_segment[-1]][None])[0])
+        replayed = float((discounts * values.scale(real_rewards)).sum())
         imagined_terminal = bool(augmented.terminals[rows_of_segment[-1]])
-        imagined = float((gamma ** np.arange(length) * values.scale(augmented.rewards[rows_of_segment])).sum()
-                         + gamma ** length * (0.0 if imagined_terminal else imagined_end))
+        imagined = float((gamma ** np.arange(length) * values.scale(augmented.rewards[rows_of_segment])).sum())
         real = float(augmentation.continuation_values(data, np.array([branch]), np.array([length]), gamma)[0])
-        rows.append((number, imagined, replayed, real, terminated))
+        ends.append((end_obs, gamma ** len(real_rewards) * (not terminated),
+                     augmented.next_observations[rows_of_segment[-1]], gamma ** length * (not imagined_terminal)))
+        long_horizon = []
+        data_actions = dataset.actions[branch:min(branch + length, data.episode_end[branch])]
+        for first_actions in (actions, data_actions, no_actions):
+            arm_rewards, _, arm_fell = play(env, *state, first_actions, policy, horizon - len(first_actions))
+            long_horizon += [arm_rewards.sum(), arm_fell]
+        rows.append((number, imagined, replayed, real, terminated, *long_horizon))
+
+    # Bootstrap both values with V at their end states in one call: sum gamma^k r_k + gamma^l V(s_l) (0 after a fall).
+    real_ends, real_discounts, imagined_ends, imagined_discounts = (np.array(column) for column in zip(*ends))
+    end_values = map_batches(values.v, np.concatenate([real_ends, imagined_ends])).astype(np.float64)
+    n = len(rows)
+    rows = [(number, imagined + imagined_discounts[i] * end_values[n + i],
+             replayed + real_discounts[i] * end_values[i], real, *rest)
+            for i, (number, imagined, replayed, real, *rest) in enumerate(rows)]
 
     table = np.array(rows, dtype=float)
     quarter = np.minimum((table[:, 0] * QUARTERS // max(len(segments), 1)).astype(int), QUARTERS - 1)
@@ -116,7 +139,12 @@ def study(run_dir: Path, samples: int, seed: int) -> dict:
         part = table[mask]
         return {"segments": int(mask.sum()), "imagined": float(part[:, 1].mean()), "replayed": float(part[:, 2].mean()),
                 "data": float(part[:, 3].mean()), "replayed_beats_data": float((part[:, 2] > part[:, 3]).mean()),
-                "replayed_terminates": float(part[:, 4].mean())}
+                "replayed_terminates": float(part[:, 4].mean()),
+                "horizon": {"imagined_then_iql": float(part[:, 5].mean()), "data_then_iql": float(part[:, 7].mean()),
+                            "iql": float(part[:, 9].mean()),
+                            "imagined_beats_data": float((part[:, 5] > part[:, 7]).mean()),
+                            "falls": {"imagined_then_iql": float(part[:, 6].mean()),
+                                      "data_then_iql": float(part[:, 8].mean()), "iql": float(part[:, 10].mean())}}}
 
     # The real prefixes copied in front of the segments: how much of D_aug they are, and their relabelled returns.
     copied = augmentation.copied_prefixes(augmented)
@@ -127,7 +155,7 @@ def study(run_dir: Path, samples: int, seed: int) -> dict:
                 "label_in_added_episodes": float(labels[copied].mean()) if copied.any() else None,
                 "label_in_the_data": float(labels[copied_rows].mean()) if copied.any() else None,
                 "data_label_mean": float(labels[:dataset.size].mean())}
-    return {"run": str(run_dir), "score": results["normalized_mean"],
+    return {"run": str(run_dir), "score": results["normalized_mean"], "horizon": horizon,
             "ratio": stages["augment"]["report"]["ratio_achieved"], "accepted_segments": len(segments),
             "copied_prefixes": prefixes,
             "all": summary(np.ones(len(table), bool)),
@@ -138,11 +166,13 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("runs", nargs="+", help="finished `ipdrl train --algo ipd` run directories")
     parser.add_argument("--samples", type=int, default=2000, help="accepted segments replayed per run, at most")
+    parser.add_argument("--horizon", type=int, default=200,
+                        help="real steps of the long-horizon comparison (segment or data actions, then IQL's policy)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="write the results as JSON here")
     args = parser.parse_args(argv)
     started = time.perf_counter()
-    studies = [study(Path(run), args.samples, args.seed) for run in args.runs]
+    studies = [study(Path(run), args.samples, args.horizon, args.seed) for run in args.runs]
     print(f"{'run':<58} {'ratio':>5} {'score':>5} {'part':>5} {'n':>5} {'imagined':>8} {'replayed':>8} {'data':>6} "
           f"{'beats':>5} {'falls':>5}")
     for result in studies:
@@ -158,7 +188,16 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{result['run'][-58:]:<58} {result['ratio']:>5.2f} {p['share_of_d_aug']:>16.1%} {p['copies']:>17} "
               f"{p['distinct_transitions']:>17} {p['label_in_added_episodes']:>14.1f} {p['label_in_the_data']:>11.1f} "
               f"{p['data_label_mean']:>11.1f}")
-    print(f"({time.perf_counter() - started:.0f} s)")
+    print(f"\n{'run':<58} {'ratio':>5} {'part':>5} {'real return over the horizon: imagined / data / IQL, then IQL':>62} "
+          f"{'imagined beats data':>19} {'falls: imagined / data / IQL':>28}")
+    for result in studies:
+        parts = [("all", result["all"])] + [(f"Q{q + 1}", s) for q, s in enumerate(result["by_queue_quarter"])]
+        for name, s in parts:
+            h, falls = s["horizon"], s["horizon"]["falls"]
+            print(f"{result['run'][-58:]:<58} {result['ratio']:>5.2f} {name:>5} {h['imagined_then_iql']:>38.0f} "
+                  f"{h['data_then_iql']:>11.0f} {h['iql']:>11.0f} {h['imagined_beats_data']:>19.2f} "
+                  f"{falls['imagined_then_iql']:>16.2f} {falls['data_then_iql']:>5.2f} {falls['iql']:>5.2f}")
+    print(f"(horizon {args.horizon} real steps; {time.perf_counter() - started:.0f} s)")
     if args.out:
         Path(args.out).write_text(json.dumps(studies, indent=2) + "\n")
 
