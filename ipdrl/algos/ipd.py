@@ -22,8 +22,9 @@ file given with ``--world-model``; the augmentation by (IQL key, world-model key
 A run that changes only stage-4 settings (alpha, rtg_mode, ...) therefore reuses all three. IQL and the policy
 train in the run directory with stage prefixes (``iql_``, ``policy_``) and resume with ``--resume``; the world
 model and the augmented dataset are written atomically once complete; an interrupted augmentation resumes from
-its last saved batch (``progress.pkl`` in its cache entry), and one with a larger imagined:real ratio continues from
-the batches a smaller ratio rolled out (the files are kept: a ratio sweep rolls out each batch once).
+its last saved batch (``progress.pkl`` in its cache entry), and one with another imagined:real ratio or number of
+passes continues from the batches already rolled out (the files are kept, so a ratio sweep rolls out each batch
+once; deleting them only costs that reuse).
 
 Budgets (2-core CPU): ``tiny`` runs in seconds (tests). ``cpu`` takes about 30 minutes on one core for a shared
 dataset. Its stage 1 is the IQL baseline's own cpu budget (70k updates, ~10 min; the checkpoint is bit-identical to
