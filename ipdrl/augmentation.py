@@ -408,13 +408,13 @@ def _cut(segments: list[dict], tried: list[Judgement], target: int, batches: int
     """The accepted segments and tried batches of a run that stops after ``batches`` batches or at the first segment
     that brings the imagined transitions to ``target``, whichever comes first."""
     tried = tried[:batches]
-    segments = segments[:sum(int((verdict.reason == "").sum()) for verdict in tried)]
+    accepted_so_far = np.cumsum([int((verdict.reason == "").sum()) for verdict in tried], dtype=int)
+    segments = segments[:int(accepted_so_far[-1]) if len(tried) else 0]
     reached = np.cumsum([segment["length"] for segment in segments]) >= target
     if not reached.any():
         return segments, tried
     keep = int(np.argmax(reached)) + 1
-    batches = int(np.argmax(np.cumsum([(verdict.reason == "").sum() for verdict in tried]) >= keep)) + 1
-    return segments[:keep], tried[:batches]
+    return segments[:keep], tried[:int(np.argmax(accepted_so_far >= keep)) + 1]
 
 
 def augment(dataset: Dataset, values: ValueFunctions, model: EnsembleModel, config: AugmentConfig, seed: int,
