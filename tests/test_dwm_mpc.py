@@ -104,12 +104,14 @@ def test_reward_model_fits_a_linear_reward_in_critic_units(tmp_path):
 
 
 # ---- the inference-time optimiser on an analytic toy ------------------------------------------------------
-def toy_imagination(spread_per_action: float = 0.0) -> dwm_mpc.Imagination:
+def toy_imagination(spread_per_action: float = 0.0, noise_scale: float = 0.0) -> dwm_mpc.Imagination:
     """1-D ``s' = s + a``, reward ``-(s + a)^2``, terminal value ``-s^2``: the optimal action is ``a = -s``.
 
-    With ``spread_per_action`` a second member predicts ``s + (1 + k) a``: disagreement grows with |a|.
+    With ``spread_per_action`` a second member predicts ``s + (1 + k) a``: disagreement grows with |a|;
+    ``noise_scale`` adds that much of the particle's noise to s'.
     """
     def transition(frozen, obs, action, noise):
+        obs = obs + noise_scale * noise
         return jnp.stack([obs + action, obs + (1.0 + spread_per_action) * action])
     return dwm_mpc.Imagination(
         policy=lambda frozen, actor, obs: jnp.tanh(actor["w"] * obs + actor["b"]),
@@ -127,6 +129,31 @@ def toy_config(**changes) -> dwm_mpc.Config:
 
 PRETRAINED = {"w": jnp.zeros(1), "b": jnp.zeros(1)}
 TOY_PARAMS = {"actor": PRETRAINED, "frozen": {}, "lr": jnp.asarray(0.05)}
+
+
+@pytest.mark.parametrize("limit", [0.3, 0.6])  # particles terminate at steps (0, 0, 0, 1) / (1, never, 1, never)
+def test_objective_equals_particle_by_particle_rollouts(limit):
+    imagination = toy_imagination(spread_per_action=0.5, noise_scale=0.3)._replace(
+        done=lambda next_obs: (jnp.abs(next_obs[..., 0]) > limit).astype(jnp.float32))
+    config = toy_config(particles=4, ensemble_size=2, disagreement_penalty=0.1)
+    actor, obs = {"w": jnp.array([-0.7]), "b": jnp.array([0.2])}, jnp.array([0.5])
+    noise = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 1))
+    returns, spreads = [], []
+    for m in range(4):  # particle m follows member m mod 2; rewards and the value stop after a termination
+        state, alive, total, spread = obs, 1.0, 0.0, 0.0
+        for j in range(3):
+            action = imagination.policy({}, actor, state)
+            candidates = imagination.transition({}, state, action, noise[j, m])
+            total += 0.9**j * alive * imagination.reward({}, state, action)
+            spread += 0.9**j * alive * candidates.var(0).sum()
+            state = candidates[m % 2]
+            alive *= 1.0 - imagination.done(state)
+        returns.append(total + 0.9**3 * alive * imagination.terminal_value({}, state, imagination.policy({}, actor, state)))
+        spreads.append(spread)
+    assert 0 < sum(r != r0 for r0 in returns[:1] for r in returns)  # the particles differ
+    expected = np.mean(returns) - 0.1 * np.mean(spreads)
+    objective = dwm_mpc.planning_objective(imagination, config, actor, {}, actor, obs, noise)
+    np.testing.assert_allclose(objective, expected, rtol=1e-5)
 
 
 def test_adaptation_increases_the_objective_and_finds_the_known_optimum():
