@@ -13,7 +13,7 @@ through the H-step rollout of M particles, action) and reports:
   ``lax.scan``/``lax.map`` unrolled (the same computation), with E = 1 and 2 and extrapolated linearly in E
   beyond (every inner step repeats the same work; unrolling E x K x H diffusion steps takes minutes to compile);
 - ``GFLOP/s`` and ``%peak``: the achieved rate against this machine's float32 matmul peak, measured in the same
-  run by ``benchmarks/speed.py``'s 2048x2048 ``jnp.dot`` (all cores).
+  run by ``benchmarks/speed.py``'s 2048x2048 ``jnp.dot`` on the cores the process may use (``taskset -c 0``: one).
 
 The CPU may be shared with other work: the median of several calls damps that, but compare numbers taken together.
 """
@@ -132,7 +132,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--calls", type=int, default=50, help="timed calls per setting (median reported)")
     args = parser.parse_args(argv)
     peak = matmul_peak(0)
-    print(f"float32 matmul peak {peak:.1f} GFLOP/s on {os.cpu_count()} cores (jax {jax.__version__}); "
+    cores = len(os.sched_getaffinity(0))  # taskset may pin the run to fewer than the machine's cores
+    print(f"float32 matmul peak {peak:.1f} GFLOP/s on {cores} core(s) (jax {jax.__version__}); "
           f"{args.envs} env(s) per call, median of {args.calls} calls")
     print(f"{'model:H:M:E':20} {'ms/action':>9} {'p90 ms':>7} {'cpu ms':>7} {'MFLOP':>8} {'GFLOP/s':>8} {'%peak':>6} "
           f"{'compile s':>9}")

@@ -127,7 +127,8 @@ def main(argv: list[str] | None = None) -> None:
                                  f"greedy-q:{base.num_samples}"]
     values, model = random_models(dataset, args.budget, args.world_model)
     peak = matmul_peak(0)
-    print(f"{dataset.name}: {dataset.size} transitions; float32 matmul peak {peak:.1f} GFLOP/s on {os.cpu_count()} "
+    cores = len(os.sched_getaffinity(0))  # taskset may pin the run to fewer than the machine's cores
+    print(f"{dataset.name}: {dataset.size} transitions; float32 matmul peak {peak:.1f} GFLOP/s on {cores} "
           f"cores (jax {jax.__version__}); ensemble {model['config'].hidden_dims} x {len(model['elites'])} elites; "
           f"{base.branch_batch} branch points x L={base.rollout_length} per call, median of {args.calls} calls")
     print(f"{'mode:N:H:I':16} {'steps/s':>8} {'s/call':>7} {'cpu s':>6} {'GFLOP/call':>10} {'GFLOP/s':>8} "
