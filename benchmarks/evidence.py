@@ -191,9 +191,9 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
                                    ["--ensemble-size", "3", "--disagreement-penalty", "10"])
                 chain = [Spec("ReBRAC", "rebrac", d, s), plain]
                 chain += [dwm_mpc("meanflow", d, s, out, row, flags) for row, flags in variants.items()]
-                chain += [ensemble, dwm_mpc("meanflow", d, s, out, "disagreement penalty 100 (3 models)",
-                                            ["--models-from", str(ensemble.run_dir(out)), "--ensemble-size", "3",
-                                             "--disagreement-penalty", "100"])]
+                chain += [ensemble] + [dwm_mpc("meanflow", d, s, out, f"disagreement penalty {lam} (3 models)",
+                                               ["--models-from", str(ensemble.run_dir(out)), "--ensemble-size", "3",
+                                                "--disagreement-penalty", lam]) for lam in ("100", "1000")]
                 result.append(chain)
         return result
     raise SystemExit(f"unknown table {table!r}; choose one of {', '.join(TABLES)}.")
