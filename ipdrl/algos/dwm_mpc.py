@@ -23,7 +23,7 @@ the evaluation seeds (as the paper does); results say how the choice was made.
 
 Paper settings: v1 ``--model diffusion --particles 10 --inner-steps 5 --adapt-lr 1e-3``; v2 ``--model meanflow
 --particles 4096 --inner-steps 1 --tune`` (lr from 5e-7, 5e-6, 5e-5, 5e-4). The defaults use M = 64 so that
-one action takes a few milliseconds on a CPU.
+one action takes about 18 ms on a 2-core CPU (``benchmarks/dwm_latency.py``).
 """
 
 from __future__ import annotations
