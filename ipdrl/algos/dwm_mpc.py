@@ -181,24 +181,26 @@ def planning_objective(imagination: Imagination, config: Config, actor: Params, 
     particle = jnp.arange(particles)
 
     def transition(state, action, eps):
+        """(next state, members' spread, 1 unless the next state is a known termination) per particle."""
         candidates = imagination.transition(frozen, state, action, eps)
         spread = candidates.var(0).sum(-1)  # trace of the members' covariance; smooth where they agree
-        return candidates[particle % candidates.shape[0], particle], spread
+        next_state = candidates[particle % candidates.shape[0], particle]
+        survives = jnp.ones(particles) if imagination.done is None else 1.0 - imagination.done(next_state)
+        return next_state, spread, survives
 
     def imagined_step(carry, eps):
         state, alive = carry
         action = imagination.policy(frozen, actor, state)
         rewards = imagination.reward(frozen, state, action)
-        next_state, spread = transition(state, action, eps)
-        next_alive = alive if imagination.done is None else alive * (1.0 - imagination.done(next_state))
-        return (next_state, next_alive), (alive * rewards, alive * spread)
+        next_state, spread, survives = transition(state, action, eps)
+        return (next_state, alive * survives), (alive * rewards, alive * spread)
 
     # Step 0 starts every particle from the same state with the same action: policy and reward once, not M times.
     first_action = imagination.policy(frozen, actor, obs)
     first_reward = imagination.reward(frozen, obs, first_action)
-    state, first_spread = transition(jnp.broadcast_to(obs, (particles, obs.shape[-1])),
-                                     jnp.broadcast_to(first_action, (particles, first_action.shape[-1])), noise[0])
-    alive = jnp.ones(particles) if imagination.done is None else 1.0 - imagination.done(state)
+    state, first_spread, alive = transition(jnp.broadcast_to(obs, (particles, obs.shape[-1])),
+                                            jnp.broadcast_to(first_action, (particles, first_action.shape[-1])),
+                                            noise[0])
     (final, alive), (rewards, spreads) = jax.lax.scan(imagined_step, (state, alive), noise[1:])
     rewards = jnp.concatenate([jnp.broadcast_to(first_reward, (1, particles)), rewards])
     spreads = jnp.concatenate([first_spread[None], spreads])
