@@ -85,8 +85,13 @@ def peak_worker() -> None:
     print(2 * n**3 * reps / min(times) / 1e9)
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (``taskset`` may allow fewer than the machine has)."""
+    return len(ALL_CORES)
+
+
 def matmul_peak(threads: int) -> float:
-    """Float32 matmul GFLOP/s of this machine with ``threads`` (1: one pinned core; 0: all cores)."""
+    """Float32 matmul GFLOP/s with ``threads`` (1: one pinned core; 0: every core in ``usable_cores()``)."""
     command = [sys.executable, __file__, "--peak-worker", "--threads", str(threads)]
     # A fresh process with this one's original settings (not its own pinning), on every core unless told.
     out = subprocess.run(command, check=True, capture_output=True, text=True, env=dict(ORIGINAL_ENV, JAX_PLATFORMS="cpu"),
@@ -258,8 +263,8 @@ def main(argv: list[str] | None = None) -> None:
     from ipdrl.data.loading import load_dataset
 
     peak = peak_1 if args.threads == 1 else peak_all
-    cores = 1 if args.threads == 1 else os.cpu_count()
-    print(f"float32 matmul peak: {peak_1:.1f} GFLOP/s on 1 core, {peak_all:.1f} GFLOP/s on {os.cpu_count()} "
+    cores = 1 if args.threads == 1 else usable_cores()
+    print(f"float32 matmul peak: {peak_1:.1f} GFLOP/s on 1 core, {peak_all:.1f} GFLOP/s on {usable_cores()} "
           f"(jax {jax.__version__}, {jax.devices()[0].device_kind}); timing on {cores} core(s)", flush=True)
     dataset = load_dataset(args.dataset)
     ours = {}
