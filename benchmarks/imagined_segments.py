@@ -94,6 +94,8 @@ def study(run_dir: Path, samples: int, horizon: int, seed: int) -> dict:
     row_of = {obs.tobytes(): i for i, obs in enumerate(dataset.observations)}
 
     segments = imagined_segments(augmented, dataset.size)
+    if not segments:
+        raise SystemExit(f"{run_dir}: stage 3 accepted no imagined segments, so there is nothing to replay.")
     order = np.arange(len(segments))
     if len(order) > samples:
         order = np.sort(np.random.default_rng(seed).choice(order, samples, replace=False))
@@ -117,34 +119,33 @@ def study(run_dir: Path, samples: int, horizon: int, seed: int) -> dict:
         real = float(augmentation.continuation_values(data, np.array([branch]), np.array([length]), gamma)[0])
         ends.append((end_obs, gamma ** len(real_rewards) * (not terminated),
                      augmented.next_observations[rows_of_segment[-1]], gamma ** length * (not imagined_terminal)))
-        long_horizon = []
+        row = {"number": number, "imagined": imagined, "replayed": replayed, "data": real, "terminates": terminated}
         data_actions = dataset.actions[branch:min(branch + length, data.episode_end[branch])]
-        for first_actions in (actions, data_actions, no_actions):
+        for arm, first_actions in (("imagined_then_iql", actions), ("data_then_iql", data_actions), ("iql", no_actions)):
             arm_rewards, _, arm_fell = play(env, *state, first_actions, policy, horizon - len(first_actions))
-            long_horizon += [arm_rewards.sum(), arm_fell]
-        rows.append((number, imagined, replayed, real, terminated, *long_horizon))
+            row[arm], row[f"{arm}_falls"] = arm_rewards.sum(), arm_fell
+        rows.append(row)
 
     # Bootstrap both values with V at their end states in one call: sum gamma^k r_k + gamma^l V(s_l) (0 after a fall).
     real_ends, real_discounts, imagined_ends, imagined_discounts = (np.array(column) for column in zip(*ends))
     end_values = map_batches(values.v, np.concatenate([real_ends, imagined_ends])).astype(np.float64)
-    n = len(rows)
-    rows = [(number, imagined + imagined_discounts[i] * end_values[n + i],
-             replayed + real_discounts[i] * end_values[i], real, *rest)
-            for i, (number, imagined, replayed, real, *rest) in enumerate(rows)]
+    for i, row in enumerate(rows):
+        row["imagined"] += imagined_discounts[i] * end_values[len(rows) + i]
+        row["replayed"] += real_discounts[i] * end_values[i]
 
-    table = np.array(rows, dtype=float)
-    quarter = np.minimum((table[:, 0] * QUARTERS // max(len(segments), 1)).astype(int), QUARTERS - 1)
+    table = {name: np.array([row[name] for row in rows], dtype=float) for name in rows[0]}
+    quarter = np.minimum((table["number"] * QUARTERS // len(segments)).astype(int), QUARTERS - 1)
 
     def summary(mask: np.ndarray) -> dict:
-        part = table[mask]
-        return {"segments": int(mask.sum()), "imagined": float(part[:, 1].mean()), "replayed": float(part[:, 2].mean()),
-                "data": float(part[:, 3].mean()), "replayed_beats_data": float((part[:, 2] > part[:, 3]).mean()),
-                "replayed_terminates": float(part[:, 4].mean()),
-                "horizon": {"imagined_then_iql": float(part[:, 5].mean()), "data_then_iql": float(part[:, 7].mean()),
-                            "iql": float(part[:, 9].mean()),
-                            "imagined_beats_data": float((part[:, 5] > part[:, 7]).mean()),
-                            "falls": {"imagined_then_iql": float(part[:, 6].mean()),
-                                      "data_then_iql": float(part[:, 8].mean()), "iql": float(part[:, 10].mean())}}}
+        mean = {name: float(column[mask].mean()) for name, column in table.items()}
+        beats = lambda a, b: float((table[a][mask] > table[b][mask]).mean())  # noqa: E731
+        arms = ("imagined_then_iql", "data_then_iql", "iql")
+        return {"segments": int(mask.sum()), "imagined": mean["imagined"], "replayed": mean["replayed"],
+                "data": mean["data"], "replayed_beats_data": beats("replayed", "data"),
+                "replayed_terminates": mean["terminates"],
+                "horizon": {**{arm: mean[arm] for arm in arms},
+                            "imagined_beats_data": beats("imagined_then_iql", "data_then_iql"),
+                            "falls": {arm: mean[f"{arm}_falls"] for arm in arms}}}
 
     # The real prefixes copied in front of the segments: how much of D_aug they are, and their relabelled returns.
     copied = augmentation.copied_prefixes(augmented)
@@ -158,7 +159,7 @@ def study(run_dir: Path, samples: int, horizon: int, seed: int) -> dict:
     return {"run": str(run_dir), "score": results["normalized_mean"], "horizon": horizon,
             "ratio": stages["augment"]["report"]["ratio_achieved"], "accepted_segments": len(segments),
             "copied_prefixes": prefixes,
-            "all": summary(np.ones(len(table), bool)),
+            "all": summary(np.ones(len(rows), bool)),
             "by_queue_quarter": [summary(quarter == q) for q in range(QUARTERS) if (quarter == q).any()]}
 
 
