@@ -54,7 +54,7 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
 MEDIUM_REPLAY = ["hopper-medium-replay", "halfcheetah-medium-replay"]
-ONE_CORE = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+ONE_CORE = "--xla_cpu_multi_thread_eigen=false"  # one thread inside each op (matmuls); jobs share the cores
 
 
 IPDRL_TRAIN = ("ipdrl", "train")

@@ -13,8 +13,29 @@ Activation = Callable[[jax.Array], jax.Array]
 ACTIVATIONS: dict[str, Activation] = {"relu": nn.relu, "silu": nn.silu, "gelu": nn.gelu, "tanh": jnp.tanh}
 
 
-def default_init(scale: float = 2.0**0.5):
-    return nn.initializers.orthogonal(scale)
+def default_init(scale: float = 2.0**0.5) -> nn.initializers.Initializer:
+    """Orthogonal initialiser whose QR decompositions run one matrix at a time, also under ``vmap`` (ensembles).
+
+    jaxlib's batched QR on CPU fans its matrices out over XLA's intra-op thread pool from inside that same pool and
+    waits for them; two such QRs running at once in a jitted init occupy both threads of a 2-core machine, and the
+    process hangs (seen with ReBRAC's twin critics on halfcheetah). Mapping over the batch gives the same values.
+    """
+    orthogonal = nn.initializers.orthogonal(scale)
+
+    def init(key: jax.Array, shape: Sequence[int], dtype=jnp.float32) -> jax.Array:
+        @jax.custom_batching.custom_vmap
+        def draw(key: jax.Array) -> jax.Array:
+            return orthogonal(key, shape, dtype)
+
+        @draw.def_vmap
+        def draw_each(axis_size: int, in_batched: list[bool], keys: jax.Array) -> tuple[jax.Array, bool]:
+            if not in_batched[0]:
+                return draw(keys), False
+            return jax.lax.map(draw, keys), True
+
+        return draw(key)
+
+    return init
 
 
 class MLP(nn.Module):

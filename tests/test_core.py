@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import jax
 import numpy as np
 import pytest
 
 from conftest import synthetic_dataset
-from ipdrl import envs
+from ipdrl import envs, networks
 from ipdrl.algos import iql
 from ipdrl.runs import Run, atomic_write_bytes
 from ipdrl.training import fit
@@ -125,3 +128,36 @@ def test_cli_lists_commands_and_rejects_unknown(capsys):
     assert exit_info.value.code == 0
     help_text = capsys.readouterr().out
     assert "--expectile" in help_text and "--temperature" in help_text and "--steps" in help_text
+
+
+def test_orthogonal_init_under_vmap_equals_one_matrix_at_a_time():
+    init = networks.default_init()
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    batched = jax.jit(jax.vmap(lambda key: init(key, (40, 24))))(keys)
+    assert batched.shape == (3, 40, 24)
+    for key, matrix in zip(keys, batched):
+        np.testing.assert_array_equal(matrix, init(key, (40, 24)))
+    np.testing.assert_allclose(batched[0].T @ batched[0], 2.0 * np.eye(24), atol=1e-5)  # orthogonal, scale sqrt(2)
+
+
+REBRAC_INIT = """
+import os, sys
+os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:2]))  # XLA sizes its thread pool from this
+sys.path.insert(0, sys.argv[1])
+import jax
+from conftest import synthetic_dataset
+from ipdrl.algos import rebrac
+learner = rebrac.make_learner(rebrac.Config(), synthetic_dataset(obs_dim=17, act_dim=6))
+jax.block_until_ready(jax.jit(learner.init)(jax.random.PRNGKey(0)))
+print("initialised")
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the deadlock needs an XLA thread pool of 2 threads")
+def test_jitted_rebrac_init_does_not_deadlock_on_two_cores():
+    # Halfcheetah-sized ReBRAC (twin 3 x 256 critics): with jaxlib's batched QR its jitted init hung every time on
+    # 2 cores (the test then fails by timeout).
+    result = subprocess.run([sys.executable, "-c", REBRAC_INIT, os.path.dirname(__file__)], capture_output=True,
+                            text=True, timeout=180, env=dict(os.environ, JAX_PLATFORMS="cpu"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "initialised" in result.stdout
