@@ -126,11 +126,8 @@ def final_evaluation(learner: Learner, state: Any, config: TrainConfig, env_id: 
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, eval_seed: int | None = None) -> dict[str, Any]:
     """Re-evaluate a finished run's final checkpoint (``ipdrl eval RUN_DIR``)."""
     run = Run.open(run_dir)
-    saved = run.config
-    algo = saved.pop("algo")
-    module = get_algorithm(algo)
-    fields = {f.name for f in dataclasses.fields(module.Config)}
-    config = module.Config(**{k: _as_field(v) for k, v in saved.items() if k in fields})
+    module = get_algorithm(run.config["algo"])
+    config = saved_config(run.config, module.Config)
     if episodes is not None:
         config.eval_episodes = episodes
     if eval_seed is not None:
@@ -148,5 +145,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, eval_seed: in
     return result
 
 
-def _as_field(value: Any) -> Any:
-    return tuple(value) if isinstance(value, list) else value
+def saved_config(saved: dict[str, Any], config_class: type[TrainConfig]) -> TrainConfig:
+    """A run's ``config.json`` contents as ``config_class`` (JSON lists back to tuples; other keys ignored)."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})

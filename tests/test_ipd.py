@@ -159,8 +159,8 @@ def test_added_steps_can_be_context_only(first_run):
 def test_config_round_trips_through_config_json_and_rejects_bad_settings(tmp_path):
     config = tiny_config(tmp_path, alpha=0.3)
     saved = json.loads(json.dumps(pipelines.config_dict("ipd", config)))
-    saved.pop("algo")
-    restored = ipd.Config(**{k: pipelines._as_field(v) for k, v in saved.items()})
+    assert saved.pop("algo") == "ipd"
+    restored = pipelines.saved_config(saved, ipd.Config)
     assert restored == config and restored.iql.steps == 200 and restored.ensemble.members == 3
     assert config.iql.seed == config.seed and config.iql.dataset == config.dataset
     with pytest.raises(ValueError, match="rtg-mode"):
