@@ -27,7 +27,7 @@ Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evalua
                  evaluation episode (DWM-MPC reuses the ReBRAC run of the same seed as its base policy).
 - ``dwm-extensions``  hopper-medium-replay, 2 seeds: DWM-MPC (MeanFlow) plain vs with a proximity penalty,
                  termination masking, or an ensemble-disagreement penalty (the first three reuse the plain run's models;
-                 the penalty's lambda 20, 100 and 1000 reuse lambda 10's ensemble). The penalty is in raw state units,
+                 the penalty's lambda 1, 20, 100 and 1000 reuse lambda 10's ensemble). The penalty is in raw state units,
                  so its strength depends on the dataset: relative to the return's gradient it is 50-135x stronger on
                  halfcheetah than on hopper (``benchmarks/dwm_penalty_scale.py``; lambda 20 there is about hopper's
                  lambda 1000).
@@ -197,7 +197,7 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
                 chain += [dwm_mpc("meanflow", d, s, out, row, flags) for row, flags in variants.items()]
                 chain += [ensemble] + [dwm_mpc("meanflow", d, s, out, f"disagreement penalty {lam} (3 models)",
                                                ["--models-from", str(ensemble.run_dir(out)), "--ensemble-size", "3",
-                                                "--disagreement-penalty", lam]) for lam in ("20", "100", "1000")]
+                                                "--disagreement-penalty", lam]) for lam in ("1", "20", "100", "1000")]
                 result.append(chain)
         return result
     raise SystemExit(f"unknown table {table!r}; choose one of {', '.join(TABLES)}.")
