@@ -126,8 +126,9 @@ def final_evaluation(learner: Learner, state: Any, config: TrainConfig, env_id: 
 def evaluate_run(run_dir: str | Path, episodes: int | None = None, eval_seed: int | None = None) -> dict[str, Any]:
     """Re-evaluate a finished run's final checkpoint (``ipdrl eval RUN_DIR``)."""
     run = Run.open(run_dir)
-    module = get_algorithm(run.config["algo"])
-    config = saved_config(run.config, module.Config)
+    saved = run.config
+    module = get_algorithm(saved["algo"])
+    config = saved_config(saved, module.Config)
     if episodes is not None:
         config.eval_episodes = episodes
     if eval_seed is not None:
