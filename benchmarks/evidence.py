@@ -284,6 +284,8 @@ def format_table(table: str, results: dict[str, dict[str, list[dict]]], datasets
                       if r.get("reference_table")), "D4RL reference table")
     lines = [f"Normalised score ({reference}); budget `{budget}`, final checkpoints, mean ± std over training seeds "
              f"of each run's mean over its evaluation episodes.", ""]
+    if table == "dwm-extensions":
+        return "\n".join(lines + dwm_rows(results, datasets) + penalty_chosen_on_tuning_seeds(results, datasets))
     if table.startswith("dwm"):
         return "\n".join(lines + dwm_rows(results, datasets))
     lines += ["| method | " + " | ".join(datasets) + " |", "|" + "---|" * (len(datasets) + 1)]
@@ -334,6 +336,30 @@ def dwm_rows(results: dict[str, dict[str, list[dict]]], datasets: list[str]) -> 
                      ", ".join(adaptation_choice(r) for r in runs) or "—",
                      "; ".join(tuning_returns(r) for r in runs if "adaptation" in r) or "n/a"]
             lines.append("| " + " | ".join([row, d, *cells]) + " |")
+    return lines
+
+
+def penalty_chosen_on_tuning_seeds(results: dict[str, dict[str, list[dict]]], datasets: list[str]) -> list[str]:
+    """Per dataset and seed, the run (plain MeanFlow or a disagreement lambda) and step size with the best
+    tuning-seed return, and that run's gain on the evaluation seeds: lambda tuned like the step size."""
+    plain = "DWM-MPC (meanflow)"
+    candidates = [row for row in results if row == plain or row.startswith(f"{plain}, disagreement penalty")]
+    lines = ["", "The disagreement penalty's lambda chosen on the tuning seeds too (among the plain method and every "
+             "lambda above, the run and step size with the best tuning-seed return; the evaluation seeds only "
+             "score the choice):", "", "| dataset | per seed: choice, gain | gain |", "|---|---|---|"]
+    for d in datasets:
+        by_seed: dict[int, list[tuple[float, str, dict]]] = {}
+        for row in candidates:
+            for r in results[row].get(d, []):
+                best = max(c["return_mean"] for c in r["adaptation"]["candidates"])
+                by_seed.setdefault(r["seed"], []).append((best, row.removeprefix(plain).lstrip(", ") or "plain", r))
+        if not by_seed:
+            continue
+        picks = {seed: max(runs, key=lambda run: run[0]) for seed, runs in sorted(by_seed.items())}
+        gains = [r["normalized_mean"] - r["base"]["normalized_mean"] for _, _, r in picks.values()]
+        cells = "; ".join(f"s{seed}: {name}, {adaptation_choice(r)}, {gain:+.1f}"
+                          for (seed, (_, name, r)), gain in zip(picks.items(), gains))
+        lines.append(f"| {d} | {cells} | {mean_std(gains, signed=True)} |")
     return lines
 
 
