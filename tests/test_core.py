@@ -1,4 +1,4 @@
-"""The shared training loop, run directories, envs and CLI."""
+"""The shared training loop, run directories, envs, CLI and the shared networks' initialiser."""
 
 from __future__ import annotations
 
