@@ -458,7 +458,7 @@ def main() -> None:
     docs.mkdir(parents=True, exist_ok=True)
     if args.table == "scaling":
         plot_scaling(results, datasets[0], docs / "scaling.png")
-        text += f"\n\n![score vs imagined:real ratio](scaling.png)"
+        text += "\n\n![score vs imagined:real ratio](scaling.png)"
     command = making_command()
     took = "" if args.report_only else f" ({(time.perf_counter() - started) / 60:.0f} min this invocation)"
     runs = "\n".join(f"    {shlex.join(s.command(out, args.budget))}" for s in specs)

@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from ipdrl import envs
-from ipdrl.data.d4rl import d4rl_cache_dir, download_d4rl, read_d4rl, resolve_d4rl_name
+from ipdrl.data.d4rl import download_d4rl, read_d4rl, resolve_d4rl_name
 from ipdrl.data.dataset import Dataset, DatasetError
 
 
