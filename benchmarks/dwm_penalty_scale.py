@@ -23,7 +23,8 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
 from ipdrl.algos import dwm_mpc  # noqa: E402
-from ipdrl.pipelines import eval_env_id, load_dataset_for, saved_config  # noqa: E402
+from ipdrl.config import config_from_json  # noqa: E402
+from ipdrl.pipelines import eval_env_id, load_dataset_for  # noqa: E402
 from ipdrl.runs import Run  # noqa: E402
 
 
@@ -34,7 +35,7 @@ def norm(tree) -> jax.Array:
 def gradient_ratios(run_dir: Path, states: int, seed: int) -> np.ndarray:
     """|grad penalty (lambda 1)| / |grad return| at ``states`` random dataset states of ``run_dir``'s dataset."""
     run = Run.open(run_dir)
-    config = saved_config(run.config, dwm_mpc.Config)
+    config = config_from_json(run.config, dwm_mpc.Config)
     dataset = load_dataset_for(config)
     base = dwm_mpc.load_base(config, dataset, run, eval_env_id(config, dataset), train=False)
     models = dwm_mpc.load_world_models(config, dataset, run, dwm_mpc.critic_reward_scale(base), train=False)

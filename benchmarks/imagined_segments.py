@@ -40,6 +40,7 @@ import numpy as np  # noqa: E402
 
 from ipdrl import augmentation, envs  # noqa: E402
 from ipdrl.algos import iql  # noqa: E402
+from ipdrl.config import config_from_json  # noqa: E402
 from ipdrl.data.d4rl import read_d4rl  # noqa: E402
 from ipdrl.data.loading import load_dataset  # noqa: E402
 from ipdrl.runs import Run  # noqa: E402
@@ -51,7 +52,7 @@ QUARTERS = 4
 def load_values(iql_cache: Path, dataset) -> augmentation.ValueFunctions:
     """V, Q and the policy of a cached stage-1 IQL (its settings are in the cache entry's info.json)."""
     settings = json.loads((iql_cache / "info.json").read_text())["settings"]
-    config = iql.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in settings.items()})
+    config = config_from_json(settings, iql.Config)
     learner = iql.make_learner(config, dataset)
     state, _ = Run(iql_cache).load_checkpoint(jax.jit(learner.init)(jax.random.PRNGKey(config.seed)), "iql")
     return augmentation.from_iql(config, state, dataset.act_dim)

@@ -39,6 +39,7 @@ from tqdm.auto import tqdm
 
 from ipdrl import planning
 from ipdrl.data.dataset import Dataset, concatenate
+from ipdrl.config import config_from_json
 from ipdrl.planning import PlannerConfig
 from ipdrl.runs import atomic_write_bytes
 from ipdrl.world_models import ensemble
@@ -635,8 +636,7 @@ def load_values(args: AugmentArgs, dataset: Dataset, budget: str, out: Path) -> 
         saved = run.config
         if saved.get("algo") != "iql":
             raise ValueError(f"--iql-run {args.iql_run} is a {saved.get('algo')!r} run; pass an `ipdrl train --algo iql` run.")
-        names = {f.name for f in dataclasses.fields(iql.Config)}
-        config = iql.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
+        config = config_from_json(saved, iql.Config)
         if presets.dataset_key(config.dataset) != presets.dataset_key(args.dataset):
             log.warning("--iql-run was trained on %s, augmenting %s", config.dataset, args.dataset)
         learner = iql.make_learner(config, dataset)

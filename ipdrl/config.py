@@ -3,6 +3,16 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import Any, Mapping, TypeVar
+
+ConfigT = TypeVar("ConfigT")
+
+
+def config_from_json(saved: Mapping[str, Any], config_class: type[ConfigT]) -> ConfigT:
+    """A dataclass config from its JSON form (a run's ``config.json``, a model's metadata): lists back to tuples,
+    keys that are not fields of ``config_class`` ignored."""
+    fields = {f.name for f in dataclasses.fields(config_class)}
+    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})
 
 
 @dataclasses.dataclass

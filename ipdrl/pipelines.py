@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from ipdrl import envs
 from ipdrl.algos import get_algorithm
-from ipdrl.config import TrainConfig
+from ipdrl.config import TrainConfig, config_from_json
 from ipdrl.data.dataset import Dataset
 from ipdrl.evaluation import evaluate
 from ipdrl.runs import Run
@@ -127,7 +127,7 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, eval_seed: in
     run = Run.open(run_dir)
     saved = run.config
     module = get_algorithm(saved["algo"])
-    config = saved_config(saved, module.Config)
+    config = config_from_json(saved, module.Config)
     if episodes is not None:
         config.eval_episodes = episodes
     if eval_seed is not None:
@@ -144,8 +144,3 @@ def evaluate_run(run_dir: str | Path, episodes: int | None = None, eval_seed: in
     result["step"] = step
     return result
 
-
-def saved_config(saved: dict[str, Any], config_class: type[TrainConfig]) -> TrainConfig:
-    """A run's ``config.json`` contents as ``config_class`` (JSON lists back to tuples; other keys ignored)."""
-    fields = {f.name for f in dataclasses.fields(config_class)}
-    return config_class(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in fields})

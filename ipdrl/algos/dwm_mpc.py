@@ -42,7 +42,7 @@ import optax
 from ipdrl import envs
 from ipdrl.algos import rebrac
 from ipdrl.algos.common import normalize
-from ipdrl.config import TrainConfig
+from ipdrl.config import TrainConfig, config_from_json
 from ipdrl.data.dataset import Dataset
 from ipdrl.evaluation import evaluate
 from ipdrl.pipelines import train_learner
@@ -304,8 +304,7 @@ def load_base(config: Config, dataset: Dataset, run: Run, env_id: str, train: bo
         if dataset_key(saved.get("dataset", "")) != dataset_key(config.dataset):
             raise ValueError(f"--base-run {source.path} was trained on {saved.get('dataset')!r}, this run uses "
                              f"{config.dataset!r}: pass a base run of the same dataset.")
-        names = {f.name for f in dataclasses.fields(rebrac.Config)}
-        base_config = rebrac.Config(**{k: tuple(v) if isinstance(v, list) else v for k, v in saved.items() if k in names})
+        base_config = config_from_json(saved, rebrac.Config)
     learner = rebrac_learner(base_config, dataset)
     if not source.has_checkpoint(checkpoint):
         raise FileNotFoundError(f"{source.path} has no trained ReBRAC ({checkpoint}): train it first (or --resume).")

@@ -52,6 +52,7 @@ from tyro.conf import Suppress
 from ipdrl import augmentation
 from ipdrl.algos import dt, iql
 from ipdrl.augmentation import AugmentConfig
+from ipdrl.config import config_from_json
 from ipdrl.data.d4rl import read_d4rl, write_d4rl
 from ipdrl.data.dataset import Dataset, transition_fields
 from ipdrl.pipelines import final_evaluation, train_learner
@@ -147,7 +148,7 @@ def _as_dataclass(cls: type, value: Any) -> Any:
     unknown = set(value) - names
     if unknown:
         raise ValueError(f"unknown {cls.__name__} settings {sorted(unknown)}; valid: {sorted(names)}.")
-    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in value.items()})
+    return config_from_json(value, cls)
 
 
 BUDGETS = {

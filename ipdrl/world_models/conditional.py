@@ -26,6 +26,7 @@ import numpy as np
 import optax
 
 from ipdrl.algos.common import normalize, observation_stats
+from ipdrl.config import config_from_json
 from ipdrl.data.dataset import Dataset
 from ipdrl.networks import MLP
 from ipdrl.runs import atomic_write_bytes, atomic_write_json
@@ -241,6 +242,5 @@ def load_model(path: str | Path, kind: str, config_cls: type) -> tuple[Any, Mode
         model = flax.serialization.msgpack_restore(path.with_suffix(".msgpack").read_bytes())
     except Exception as err:  # msgpack raises several types for corrupt bytes
         raise ValueError(f"model file {path}.msgpack cannot be read ({err}); delete it and retrain.") from None
-    fields = {f.name for f in dataclasses.fields(config_cls)}
-    config = config_cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in meta["config"].items() if k in fields})
+    config = config_from_json(meta["config"], config_cls)
     return config, jax.tree_util.tree_map(jnp.asarray, model), meta["info"]
