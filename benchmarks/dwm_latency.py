@@ -32,7 +32,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from speed import matmul_peak, usable_cores  # noqa: E402  (benchmarks/ is the script's directory)
+from speed import cpu_name, matmul_peak, usable_cores  # noqa: E402  (benchmarks/ is the script's directory)
 
 from ipdrl.algos import dwm_mpc  # noqa: E402
 from ipdrl.data.dataset import Dataset  # noqa: E402
@@ -133,7 +133,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     peak = matmul_peak(0)
     cores = usable_cores()
-    print(f"float32 matmul peak {peak:.1f} GFLOP/s on {cores} core(s) (jax {jax.__version__}); "
+    print(f"{cpu_name()}; float32 matmul peak {peak:.1f} GFLOP/s on {cores} core(s) (jax {jax.__version__}); "
           f"{args.envs} env(s) per call, median of {args.calls} calls")
     print(f"{'model:H:M:E':20} {'ms/action':>9} {'p90 ms':>7} {'cpu ms':>7} {'MFLOP':>8} {'GFLOP/s':>8} {'%peak':>6} "
           f"{'compile s':>9}")

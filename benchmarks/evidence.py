@@ -31,6 +31,9 @@ Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evalua
                  so its strength depends on the dataset: relative to the return's gradient it is 50-135x stronger on
                  halfcheetah than on hopper (``benchmarks/dwm_penalty_scale.py``; lambda 20 there is about hopper's
                  lambda 1000).
+- ``dwm-particles``  DWM-MPC (MeanFlow) with M 64 (the cpu preset), 256 and 1024 imagined rollouts per gradient
+                 (the paper's v2 uses 4096; ``--particles`` sets the larger ones), all reusing the M 64 run's
+                 models, on both datasets, 3 seeds.
 
 Runs live in ``--out/<algo-variant>/<dataset>-s<seed>`` and are skipped when their ``results.json`` exists, so a
 rerun (or another table) only trains what is missing; an interrupted run resumes (``--resume``; d3rlpy's start over). IPD variants of
@@ -64,7 +67,7 @@ ONE_CORE = "--xla_cpu_multi_thread_eigen=false"  # one thread inside each op (ma
 IPDRL_TRAIN = ("ipdrl", "train")
 D3RLPY_QUALITY = ("python", "benchmarks/d3rlpy_quality.py")  # takes the same core flags; trains d3rlpy's algorithm
 D3RLPY_SEEDS = 3  # d3rlpy's rows run on the first this-many seeds of the table
-TABLES = ("baselines", "main", "ablation", "tokens", "scaling", "critic", "dwm", "dwm-extensions")
+TABLES = ("baselines", "main", "ablation", "tokens", "scaling", "critic", "dwm", "dwm-extensions", "dwm-particles")
 
 
 @dataclass
@@ -131,7 +134,8 @@ def slug(text: str) -> str:
     return "-".join("".join(c if c.isalnum() or c == "." else " " for c in text.lower()).split())
 
 
-def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list[list[Spec]]:
+def chains(table: str, datasets: list[str], seeds: list[int], out: Path, particles: tuple[str, ...] = ()
+           ) -> list[list[Spec]]:
     """The runs of ``table``, grouped into chains that must run in order (shared caches, base runs)."""
     if table == "baselines":
         return ([[Spec(name, algo, d, s)] for name, algo in
@@ -199,6 +203,16 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path) -> list
                                                ["--models-from", str(ensemble.run_dir(out)), "--ensemble-size", "3",
                                                 "--disagreement-penalty", lam]) for lam in ("1", "20", "100", "1000")]
                 result.append(chain)
+        return result
+    if table == "dwm-particles":
+        result = []
+        for d in datasets:
+            for s in seeds:
+                plain = dwm_mpc("meanflow", d, s, out)
+                reuse = ["--models-from", str(plain.run_dir(out))]
+                result.append([Spec("ReBRAC", "rebrac", d, s), plain]
+                              + [dwm_mpc("meanflow", d, s, out, f"M {m}", reuse + ["--particles", m])
+                                 for m in particles])
         return result
     raise SystemExit(f"unknown table {table!r}; choose one of {', '.join(TABLES)}.")
 
@@ -422,6 +436,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=2, help="chains run in parallel (one core each when > 1)")
     parser.add_argument("--out", default="runs/evidence")
     parser.add_argument("--docs", default="docs/evidence")
+    parser.add_argument("--particles", nargs="+", default=["256", "1024"],
+                        help="dwm-particles: the M values beside the preset's 64")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--report-only", action="store_true", help="tabulate the finished runs, train nothing")
     args = parser.parse_args()
@@ -434,7 +450,7 @@ def main() -> None:
     out = Path(args.out)
     use_shared_datasets()
 
-    groups = chains(args.table, datasets, seeds, out)
+    groups = chains(args.table, datasets, seeds, out, tuple(args.particles))
     specs = [spec for chain in groups for spec in chain]
     if args.dry_run:
         for spec in specs:

@@ -37,7 +37,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from dwm_latency import unrolled_loops  # noqa: E402  (benchmarks/ is the script's directory)
-from speed import matmul_peak, usable_cores  # noqa: E402
+from speed import cpu_name, matmul_peak, usable_cores  # noqa: E402
 
 from ipdrl import augmentation  # noqa: E402
 from ipdrl.algos import iql  # noqa: E402
@@ -128,7 +128,7 @@ def main(argv: list[str] | None = None) -> None:
     values, model = random_models(dataset, args.budget, args.world_model)
     peak = matmul_peak(0)
     cores = usable_cores()
-    print(f"{dataset.name}: {dataset.size} transitions; float32 matmul peak {peak:.1f} GFLOP/s on {cores} "
+    print(f"{cpu_name()}; {dataset.name}: {dataset.size} transitions; float32 matmul peak {peak:.1f} GFLOP/s on {cores} "
           f"cores (jax {jax.__version__}); ensemble {model['config'].hidden_dims} x {len(model['elites'])} elites; "
           f"{base.branch_batch} branch points x L={base.rollout_length} per call, median of {args.calls} calls")
     print(f"{'mode:N:H:I':16} {'steps/s':>8} {'s/call':>7} {'cpu s':>6} {'GFLOP/call':>10} {'GFLOP/s':>8} "

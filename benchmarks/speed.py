@@ -35,6 +35,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import platform
 import statistics
 import subprocess
 import sys
@@ -83,6 +84,18 @@ def peak_worker() -> None:
         jax.block_until_ready(chain(a, b))
         times.append(time.perf_counter() - start)
     print(2 * n**3 * reps / min(times) / 1e9)
+
+
+def cpu_name() -> str:
+    """The CPU's model name with its family and model numbers (``/proc/cpuinfo``; machines differ between runs, and
+    the same name can cover generations with different vector units, e.g. AMD EPYC family 25 vs 26)."""
+    fields: dict[str, str] = {}
+    with contextlib.suppress(OSError):
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            key, _, value = line.partition(":")
+            fields.setdefault(key.strip(), value.strip())
+    name = fields.get("model name", platform.processor() or "unknown CPU")
+    return f"{name} (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields else name
 
 
 def usable_cores() -> int:
@@ -264,8 +277,8 @@ def main(argv: list[str] | None = None) -> None:
 
     peak = peak_1 if args.threads == 1 else peak_all
     cores = 1 if args.threads == 1 else usable_cores()
-    print(f"float32 matmul peak: {peak_1:.1f} GFLOP/s on 1 core, {peak_all:.1f} GFLOP/s on {usable_cores()} "
-          f"(jax {jax.__version__}, {jax.devices()[0].device_kind}); timing on {cores} core(s)", flush=True)
+    print(f"{cpu_name()}; float32 matmul peak: {peak_1:.1f} GFLOP/s on 1 core, {peak_all:.1f} GFLOP/s on "
+          f"{usable_cores()} (jax {jax.__version__}, {jax.devices()[0].device_kind}); timing on {cores} core(s)", flush=True)
     dataset = load_dataset(args.dataset)
     ours = {}
     for algo in algos:
