@@ -31,9 +31,10 @@ Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evalua
                  so its strength depends on the dataset: relative to the return's gradient it is 50-135x stronger on
                  halfcheetah than on hopper (``benchmarks/dwm_penalty_scale.py``; lambda 20 there is about hopper's
                  lambda 1000).
-- ``dwm-particles``  DWM-MPC (MeanFlow) with M 64 (the cpu preset), 256 and 1024 imagined rollouts per gradient
-                 (the paper's v2 uses 4096; ``--particles`` sets the larger ones), all reusing the M 64 run's
-                 models, on both datasets, 3 seeds.
+- ``dwm-settings``  DWM-MPC (MeanFlow) as the cpu preset runs it (M 64 particles, weights carried within an
+                 episode) vs weights reset to the pretrained ones at every step (``--carry reset``, step sizes 100x
+                 the paper's grid) and vs M 256 and 1024 (the paper's v2 uses 4096; ``--particles`` sets the larger
+                 ones), all on the preset run's models, both datasets, 3 seeds.
 
 Runs live in ``--out/<algo-variant>/<dataset>-s<seed>`` and are skipped when their ``results.json`` exists, so a
 rerun (or another table) only trains what is missing; an interrupted run resumes (``--resume``; d3rlpy's start over). IPD variants of
@@ -67,7 +68,7 @@ ONE_CORE = "--xla_cpu_multi_thread_eigen=false"  # one thread inside each op (ma
 IPDRL_TRAIN = ("ipdrl", "train")
 D3RLPY_QUALITY = ("python", "benchmarks/d3rlpy_quality.py")  # takes the same core flags; trains d3rlpy's algorithm
 D3RLPY_SEEDS = 3  # d3rlpy's rows run on the first this-many seeds of the table
-TABLES = ("baselines", "main", "ablation", "tokens", "scaling", "critic", "dwm", "dwm-extensions", "dwm-particles")
+TABLES = ("baselines", "main", "ablation", "tokens", "scaling", "critic", "dwm", "dwm-extensions", "dwm-settings")
 
 
 @dataclass
@@ -117,6 +118,7 @@ SCALING_SERIES = {"prefixes as context only": (["--loss-on", "no-prefixes"], ("0
                   "21.5k stage-4 updates": (["--steps", "21500"], ("0", "0.5"))}
 # DT's target returns (3600 hopper, 12000 halfcheetah) in V's units: times IQL's reward scale on each dataset.
 DT_TARGETS_IN_V_UNITS = {"hopper-medium-replay": 1830, "halfcheetah-medium-replay": 2177}
+RESET_LRS = ("5e-05", "0.0005", "0.005", "0.05")
 UNDISCOUNTED_CLASSIC = ["--rtg-mode", "classic", "--return-discount", "1", "--return-scale", "1000"]
 
 
@@ -204,15 +206,18 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path, particl
                                                 "--disagreement-penalty", lam]) for lam in ("1", "20", "100", "1000")]
                 result.append(chain)
         return result
-    if table == "dwm-particles":
+    if table == "dwm-settings":
         result = []
         for d in datasets:
             for s in seeds:
                 plain = dwm_mpc("meanflow", d, s, out)
                 reuse = ["--models-from", str(plain.run_dir(out))]
+                # One step from the pretrained weights moves them far less than hundreds of carried steps: a grid
+                # 100x higher than the paper's (which is for carried weights).
+                variants = {"weights reset every step, lr 5e-5 to 5e-2": ["--carry", "reset", "--tune-lrs", *RESET_LRS]}
+                variants |= {f"M {m}": ["--particles", m] for m in particles}
                 result.append([Spec("ReBRAC", "rebrac", d, s), plain]
-                              + [dwm_mpc("meanflow", d, s, out, f"M {m}", reuse + ["--particles", m])
-                                 for m in particles])
+                              + [dwm_mpc("meanflow", d, s, out, row, reuse + flags) for row, flags in variants.items()])
         return result
     raise SystemExit(f"unknown table {table!r}; choose one of {', '.join(TABLES)}.")
 
@@ -437,7 +442,7 @@ def main() -> None:
     parser.add_argument("--out", default="runs/evidence")
     parser.add_argument("--docs", default="docs/evidence")
     parser.add_argument("--particles", nargs="+", default=["256", "1024"],
-                        help="dwm-particles: the M values beside the preset's 64")
+                        help="dwm-settings: the M values beside the preset's 64")
     parser.add_argument("--dry-run", action="store_true", help="print the commands, run nothing")
     parser.add_argument("--report-only", action="store_true", help="tabulate the finished runs, train nothing")
     args = parser.parse_args()
