@@ -33,8 +33,9 @@ Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evalua
                  lambda 1000).
 - ``dwm-settings``  DWM-MPC (MeanFlow) as the cpu preset runs it (M 64 particles, weights carried within an
                  episode) vs weights reset to the pretrained ones at every step (``--carry reset``, step sizes 100x
-                 the paper's grid) and vs M 256 and 1024 (the paper's v2 uses 4096; ``--particles`` sets the larger
-                 ones), all on the preset run's models, both datasets, 3 seeds.
+                 the paper's grid), vs the paper's v1 setting (E 5 ascent steps on M 10 particles) and vs M 256 and
+                 1024 (the paper's v2 uses 4096; ``--particles`` sets the larger ones), all on the preset run's
+                 models, both datasets, 3 seeds.
 
 Runs live in ``--out/<algo-variant>/<dataset>-s<seed>`` and are skipped when their ``results.json`` exists, so a
 rerun (or another table) only trains what is missing; an interrupted run resumes (``--resume``; d3rlpy's start over). IPD variants of
@@ -215,6 +216,7 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path, particl
                 # One step from the pretrained weights moves them far less than hundreds of carried steps: a grid
                 # 100x higher than the paper's (which is for carried weights).
                 variants = {"weights reset every step, lr 5e-5 to 5e-2": ["--carry", "reset", "--tune-lrs", *RESET_LRS]}
+                variants["E 5, M 10 (the paper's v1)"] = ["--inner-steps", "5", "--particles", "10"]
                 variants |= {f"M {m}": ["--particles", m] for m in particles}
                 result.append([Spec("ReBRAC", "rebrac", d, s), plain]
                               + [dwm_mpc("meanflow", d, s, out, row, reuse + flags) for row, flags in variants.items()])

@@ -87,15 +87,17 @@ def peak_worker() -> None:
 
 
 def cpu_name() -> str:
-    """The CPU's model name with its family and model numbers (``/proc/cpuinfo``; machines differ between runs, and
-    the same name can cover generations with different vector units, e.g. AMD EPYC family 25 vs 26)."""
+    """The CPU's model name with its family and model numbers from ``/proc/cpuinfo``: machines differ between runs,
+    and one name (a virtual machine's "AMD EPYC", say) covers generations with different vector units."""
     fields: dict[str, str] = {}
     with contextlib.suppress(OSError):
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             key, _, value = line.partition(":")
             fields.setdefault(key.strip(), value.strip())
     name = fields.get("model name", platform.processor() or "unknown CPU")
-    return f"{name} (family {fields['cpu family']}, model {fields['model']})" if "cpu family" in fields else name
+    if "cpu family" not in fields:
+        return name
+    return f"{name} (family {fields['cpu family']}, model {fields.get('model', '?')})"
 
 
 def usable_cores() -> int:
