@@ -38,8 +38,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ipdrl import planning
-from ipdrl.data.dataset import Dataset, concatenate
 from ipdrl.config import config_from_json
+from ipdrl.data.dataset import Dataset, concatenate
 from ipdrl.planning import PlannerConfig
 from ipdrl.runs import atomic_write_bytes
 from ipdrl.world_models import ensemble
