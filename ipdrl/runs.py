@@ -138,7 +138,7 @@ class Run:
         except Exception as err:  # msgpack raises several types for corrupt bytes
             raise ValueError(
                 f"checkpoint {path} cannot be read ({type(err).__name__}: {err}). It is corrupt or was written by "
-                f"a different configuration; delete it to restart the run."
+                f"a different configuration or ipdrl version; delete it to restart the run."
             ) from None
         step = json.loads((self.path / f"{name}.json").read_text())["step"]
         return state, int(step)

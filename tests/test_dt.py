@@ -12,7 +12,7 @@ from ipdrl.algos import dt
 from ipdrl.data.dataset import Dataset, to_device
 from ipdrl.evaluation import evaluate
 from ipdrl.training import fit
-from ipdrl.transformer import DecisionTransformer
+from ipdrl.transformer import STATE_TOKENS, Block, DecisionTransformer
 
 TINY = dict(context_length=4, embed_dim=16, num_layers=1, batch_size=16, warmup_steps=1, dropout=0.0)
 
@@ -42,6 +42,17 @@ def test_transformer_is_causal():
         np.testing.assert_allclose(later[:, :3], base[:, :3], atol=1e-6)
         assert not np.allclose(later[:, 3], base[:, 3])
 
+
+
+def test_block_asked_at_state_tokens_matches_the_full_block():
+    """The last block computes only the state tokens' outputs; they must equal the full block's at those tokens."""
+    block = Block(embed_dim=16, num_heads=2, dropout=0.0)
+    x = jax.random.normal(jax.random.PRNGKey(0), (2, 12, 16))
+    params = block.init(jax.random.PRNGKey(1), x, False)
+    full = block.apply(params, x, False)
+    states_only = block.apply(params, x, False, STATE_TOKENS)
+    assert states_only.shape == (2, 4, 16)
+    np.testing.assert_allclose(states_only, full[:, 1::3], atol=1e-5)
 
 def short_episode_dataset(length: int = 3, episodes: int = 6) -> Dataset:
     return synthetic_dataset(episodes=episodes, length=length, obs_dim=3, act_dim=2)

@@ -29,9 +29,9 @@ once; deleting them only costs that reuse).
 Budgets (2-core CPU): ``tiny`` runs in seconds (tests). ``cpu`` takes about 30 minutes on one core for a shared
 dataset. Its stage 1 is the IQL baseline's own cpu budget (70k updates, ~10 min; the checkpoint is bit-identical to
 ``ipdrl train --algo iql`` with the same seed): 30k updates left the critic too weak on halfcheetah-medium-replay
-(``benchmarks/evidence.py critic``). Its stage-4 transformer is 2 layers of width 64 with K 10 — 1.33 GFLOP per
-update (XLA cost analysis), 53 updates/s — where the CORL-sized 3 x 128, K 20 network costs 15.3 GFLOP per update and
-runs at 6.5 updates/s (~100 GFLOP/s, about 60% of the measured matmul peak).
+(``benchmarks/evidence.py critic``). Its stage-4 transformer is 2 layers of width 64 with K 10 — 0.96 GFLOP per
+update (XLA cost analysis), 130 updates/s on the family-26 EPYC — where the CORL-sized 3 x 128, K 20 network costs
+12.4 GFLOP per update and runs at 14.6 updates/s (9.9 on one core, 57% of its measured matmul peak).
 ``paper`` uses the published sizes.
 """
 
