@@ -28,7 +28,7 @@ class Args:
     """ipdrl run: IPD vs DT vs IQL on one dataset; prints and saves a normalised-score table."""
 
     budget: Literal["quick", "tiny", "cpu", "paper"] = "quick"
-    """'quick' (the whole job in about 15 minutes on a 2-core CPU), or a preset budget: 'tiny' (a smoke test in
+    """'quick' (the whole job in 6-25 minutes on a 2-core CPU, by its generation), or a preset budget: 'tiny' (a smoke test in
     about two minutes), 'cpu' (each method at its cpu budget), 'paper' (published budgets; GPU)."""
     seed: int = 0
     """Training seed of every method."""
@@ -41,9 +41,9 @@ class Args:
     progress: bool = True
 
 
-# 'quick' on top of the cpu presets. Measured on the 2-core CPU (idle) with a 50k-transition hopper dataset:
-# IQL ~160 updates/s, world model ~70 updates/s (early stopping may end it sooner), augmentation ~500 imagined
-# steps/s, the 2 x 64, K 10 transformer ~45 updates/s with sampling -> IPD ~7 min, DT ~2.5 min, evaluations ~1 min.
+# 'quick' on top of the cpu presets. Measured on the newer 2-core CPU (family-26 EPYC; another job on one core):
+# IQL ~300 updates/s, world model ~110 updates/s (early stopping may end it sooner), augmentation ~300 imagined
+# steps/s, the 2 x 64, K 10 transformer ~65 updates/s with the critic -> IPD ~4.5 min, DT ~1.5 min: ~6 min in all.
 QUICK_IPD = dict(steps=6000, warmup_steps=500, learning_rate=3e-4, log_every=500, checkpoint_every=1000)
 QUICK_IQL = dict(steps=25_000, log_every=1000)
 QUICK_ENSEMBLE = dict(max_steps=4000, eval_every=500, patience=3)
