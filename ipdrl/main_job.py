@@ -28,8 +28,8 @@ class Args:
     """ipdrl run: IPD vs DT vs IQL on one dataset; prints and saves a normalised-score table."""
 
     budget: Literal["quick", "tiny", "cpu", "paper"] = "quick"
-    """'quick' (the whole job in 6-25 minutes on a 2-core CPU, by its generation), or a preset budget: 'tiny' (a smoke test in
-    about two minutes), 'cpu' (each method at its cpu budget), 'paper' (published budgets; GPU)."""
+    """'quick' (the whole job in 6-25 minutes on a 2-core CPU, by its generation), or a preset budget: 'tiny' (a
+    smoke test in about two minutes), 'cpu' (each method at its cpu budget), 'paper' (published budgets; GPU)."""
     seed: int = 0
     """Training seed of every method."""
     out: str = "runs/main"
