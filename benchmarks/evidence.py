@@ -119,6 +119,8 @@ SCALING_SERIES = {"prefixes as context only": (["--loss-on", "no-prefixes"], ("0
                   "21.5k stage-4 updates": (["--steps", "21500"], ("0", "0.5"))}
 # DT's target returns (3600 hopper, 12000 halfcheetah) in V's units: times IQL's reward scale on each dataset.
 DT_TARGETS_IN_V_UNITS = {"hopper-medium-replay": 1830, "halfcheetah-medium-replay": 2177}
+# One step from the pretrained weights moves them far less than hundreds of carried steps: with weights reset at every
+# step, DWM-MPC's step sizes are searched on a grid 100x the paper's (which is for carried weights).
 RESET_LRS = ("5e-05", "0.0005", "0.005", "0.05")
 UNDISCOUNTED_CLASSIC = ["--rtg-mode", "classic", "--return-discount", "1", "--return-scale", "1000"]
 
@@ -208,16 +210,14 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path, particl
                 result.append(chain)
         return result
     if table == "dwm-settings":
+        variants = {"weights reset every step, lr 5e-5 to 5e-2": ["--carry", "reset", "--tune-lrs", *RESET_LRS],
+                    "E 5, M 10 (the paper's v1)": ["--inner-steps", "5", "--particles", "10"],
+                    **{f"M {m}": ["--particles", m] for m in particles}}
         result = []
         for d in datasets:
             for s in seeds:
                 plain = dwm_mpc("meanflow", d, s, out)
                 reuse = ["--models-from", str(plain.run_dir(out))]
-                # One step from the pretrained weights moves them far less than hundreds of carried steps: a grid
-                # 100x higher than the paper's (which is for carried weights).
-                variants = {"weights reset every step, lr 5e-5 to 5e-2": ["--carry", "reset", "--tune-lrs", *RESET_LRS]}
-                variants["E 5, M 10 (the paper's v1)"] = ["--inner-steps", "5", "--particles", "10"]
-                variants |= {f"M {m}": ["--particles", m] for m in particles}
                 result.append([Spec("ReBRAC", "rebrac", d, s), plain]
                               + [dwm_mpc("meanflow", d, s, out, row, reuse + flags) for row, flags in variants.items()])
         return result

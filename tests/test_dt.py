@@ -43,7 +43,6 @@ def test_transformer_is_causal():
         assert not np.allclose(later[:, 3], base[:, 3])
 
 
-
 def test_block_asked_at_state_tokens_matches_the_full_block():
     """The last block computes only the state tokens' outputs; they must equal the full block's at those tokens."""
     block = Block(embed_dim=16, num_heads=2, dropout=0.0)
@@ -53,6 +52,7 @@ def test_block_asked_at_state_tokens_matches_the_full_block():
     states_only = block.apply(params, x, False, STATE_TOKENS)
     assert states_only.shape == (2, 4, 16)
     np.testing.assert_allclose(states_only, full[:, 1::3], atol=1e-5)
+
 
 def short_episode_dataset(length: int = 3, episodes: int = 6) -> Dataset:
     return synthetic_dataset(episodes=episodes, length=length, obs_dim=3, act_dim=2)
