@@ -5,10 +5,10 @@
 
 Each dataset gets ``ipdrl augment --budget cpu --dataset D --out OUT/D-mpc.hdf5`` (IQL at the ``cpu`` budget, the
 ensemble, MPC augmentation), skipped when its report exists. Where the evidence runs already hold a finished IQL run
-(``runs/evidence/iql/D-s0``) or a cached ensemble of the same seed, the command reuses them (``--iql-run``,
-``--world-model``) rather than training them again. Writes ``--docs/augment.md``: per dataset, the model's held-out
-error, the branch points, accepted/rejected rollouts and why, imagined vs real value, the imagined : real ratio and
-the time taken.
+(``runs/evidence/iql/D-s0``) or a cached ensemble of the same seed (saved in the current model format; older ones
+are not read), the command reuses them (``--iql-run``, ``--world-model``) rather than training them again. Writes
+``--docs/augment.md``: per dataset, the model's held-out error, the branch points, accepted/rejected rollouts and
+why, imagined vs real value, the imagined : real ratio and the time taken.
 """
 
 from __future__ import annotations
@@ -27,12 +27,20 @@ DATASETS = ["hopper-medium-replay", "hopper-medium", "hopper-random",
             "halfcheetah-medium-replay", "halfcheetah-medium", "halfcheetah-random"]
 
 
+def current_format(model_json: Path) -> bool:
+    """Whether a saved model is in the layout this ipdrl reads (older ones are refused by its loader)."""
+    from ipdrl.world_models.common import FORMAT
+
+    return json.loads(model_json.read_text()).get("format") == FORMAT
+
+
 def command(dataset: str, budget: str, out: Path, evidence: Path) -> list[str]:
     flags = ["--budget", budget, "--dataset", dataset, "--out", str(out / f"{dataset}-mpc.hdf5"), "--no-progress"]
     iql_run = evidence / "iql" / f"{dataset}-s0"
     if budget == "cpu" and (iql_run / "results.json").exists():
         flags += ["--iql-run", str(iql_run)]
-    models = sorted((evidence / "ipd-cache" / f"{dataset}-s0").glob("world_model-*/model.json"))
+    models = [path for path in sorted((evidence / "ipd-cache" / f"{dataset}-s0").glob("world_model-*/model.json"))
+              if current_format(path)]
     if budget == "cpu" and models:
         flags += ["--world-model", str(models[0].with_suffix(""))]
     return ["ipdrl", "augment", *flags]

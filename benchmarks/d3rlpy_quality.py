@@ -167,7 +167,7 @@ def worker_policy(worker: Worker, act_dim: int):
     import numpy as np
     from jax.experimental import io_callback
 
-    from ipdrl.training import Policy
+    from ipdrl.evaluation import Policy
 
     def ask(step, observations, rewards) -> np.ndarray:
         reply = worker.request({"step": int(step), "observations": np.asarray(observations).tolist(),
@@ -233,7 +233,7 @@ def main(argv: list[str] | None = None) -> None:
     from ipdrl import envs
     from ipdrl.data.loading import load_dataset
     from ipdrl.presets import dataset_key
-    from ipdrl.runs import atomic_write_json
+    from ipdrl.storage import atomic_write_json
 
     path = dataset_file(args.dataset)
     name = dataset_key(args.dataset)

@@ -4,8 +4,9 @@
 
 For each setting this builds the paper-sized networks (ReBRAC actor and twin critics 3x256, transition model
 3x256, reward model 2x256) for Hopper's dimensions (11-d state, 3-d action) with random weights (latency does
-not depend on the values), compiles ``Policy.act`` of :mod:`ipdrl.algos.dwm_mpc` (noise draw, E gradient steps
-through the H-step rollout of M particles, action) and reports:
+not depend on the values), compiles ``Policy.act`` of DWM-MPC (:func:`ipdrl.planning.policy_ascent.make_policy` on
+:func:`ipdrl.algos.dwm_mpc.make_imagination`: noise draw, E gradient steps through the H-step rollout of M
+particles, action) and reports:
 
 - ``ms/action``: median wall time of one jitted call for ``--envs`` environments, after compilation; ``cpu ms``:
   process CPU time per call (all threads), which other processes sharing the CPU inflate far less than wall time;
@@ -34,9 +35,10 @@ import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 from speed import cpu_name, matmul_peak, usable_cores  # noqa: E402  (benchmarks/ is the script's directory)
 
-from ipdrl.algos import dwm_mpc  # noqa: E402
+from ipdrl.algos import dwm_models, dwm_mpc  # noqa: E402
 from ipdrl.data.dataset import Dataset  # noqa: E402
-from ipdrl.world_models import conditional  # noqa: E402
+from ipdrl.planning.policy_ascent import make_policy  # noqa: E402
+from ipdrl.world_models import common, generative, reward  # noqa: E402
 
 OBS_DIM, ACT_DIM = 11, 3
 DEFAULT_SETTINGS = ("meanflow:5:64:1", "meanflow:5:10:5", "meanflow:5:256:1", "meanflow:10:64:1",
@@ -57,15 +59,14 @@ def random_dataset(size: int = 1024) -> Dataset:
 def build(config: dwm_mpc.Config, dataset: Dataset):
     """(policy, params) of DWM-MPC with randomly initialised ReBRAC and world models."""
     key = jax.random.PRNGKey(0)
-    base_config = dwm_mpc.base_config_of(config)
-    learner = dwm_mpc.rebrac_learner(base_config, dataset)
-    base = dwm_mpc.Base(base_config, learner, learner.init(key), "random weights")
-    transition_config, reward_config = dwm_mpc.model_configs(config)
-    module = dwm_mpc.TRANSITION_MODELS[config.model]
-    transition = conditional.model_of(module.make_learner(transition_config, dataset).init(key))
-    reward_model = conditional.model_of(dwm_mpc.reward.make_learner(reward_config, dataset, 1.0, 0.0).init(key))
-    models = dwm_mpc.WorldModels(transition_config, transition, reward_config, reward_model, {})
-    policy = dwm_mpc.make_policy(dwm_mpc.make_imagination(config, base, models, dataset), config)
+    learner = dwm_models.rebrac_learner(config.rebrac, dataset)
+    base = dwm_models.Base(config.rebrac, learner, learner.init(key), "random weights")
+    transition_config, reward_config = dwm_models.model_configs(config)
+    kind = dwm_models.TRANSITION_MODELS[config.model.kind]
+    transition = common.model_of(generative.make_learner(kind, transition_config, dataset).init(key))
+    reward_model = common.model_of(reward.make_learner(reward_config, dataset, 1.0, 0.0).init(key))
+    models = dwm_models.WorldModels(transition_config, transition, reward_config, reward_model, {})
+    policy = make_policy(dwm_mpc.make_imagination(config, base, models, dataset), config.planner)
     return policy, dwm_mpc.policy_params(base, models, 1e-4)
 
 
@@ -89,7 +90,8 @@ def unrolled_loops():
 
 def unrolled_flops(config: dwm_mpc.Config, dataset: Dataset, envs: int, inner_steps: int) -> float:
     """XLA's FLOP count of one adapt-then-act call with ``inner_steps`` gradient steps, every loop unrolled."""
-    policy, params = build(dataclasses.replace(config, inner_steps=inner_steps), dataset)
+    policy, params = build(dataclasses.replace(config, planner=dataclasses.replace(config.planner,
+                                                                                   inner_steps=inner_steps)), dataset)
     args = (params, policy.init_carry(params, envs), jnp.asarray(dataset.observations[:envs]), jnp.zeros(envs),
             jax.random.PRNGKey(1))
     with unrolled_loops():  # a fresh function, so the unrolled trace is not cached for the timed one
@@ -99,14 +101,16 @@ def unrolled_flops(config: dwm_mpc.Config, dataset: Dataset, envs: int, inner_st
 
 def measure(setting: str, envs: int, calls: int, dataset: Dataset) -> dict:
     model, horizon, particles, inner_steps = setting.split(":")
-    config = dwm_mpc.Config(model=model, horizon=int(horizon), particles=int(particles), inner_steps=int(inner_steps))
+    config = dwm_mpc.Config(model=dict(kind=model), planner=dict(horizon=int(horizon), particles=int(particles),
+                                                                 inner_steps=int(inner_steps)))
     policy, params = build(config, dataset)
     carry = policy.init_carry(params, envs)
     args = (params, carry, jnp.asarray(dataset.observations[:envs]), jnp.zeros(envs), jax.random.PRNGKey(1))
-    flops = unrolled_flops(config, dataset, envs, min(config.inner_steps, 2))
-    if config.inner_steps > 2:  # every inner step is the same computation: extrapolate instead of unrolling E
+    inner = config.planner.inner_steps
+    flops = unrolled_flops(config, dataset, envs, min(inner, 2))
+    if inner > 2:  # every inner step is the same computation: extrapolate instead of unrolling E
         one = unrolled_flops(config, dataset, envs, 1)
-        flops += (config.inner_steps - 2) * (flops - one)
+        flops += (inner - 2) * (flops - one)
     act = jax.jit(policy.act)
     started = time.perf_counter()
     jax.block_until_ready(act(*args))

@@ -2,7 +2,7 @@
 
     python benchmarks/dwm_penalty_scale.py RUN [RUN ...] [--states 20] [--seed 0]
 
-RUN is a finished ``ipdrl train --algo dwm-mpc --ensemble-size N`` run directory (N >= 2). At ``--states`` dataset
+RUN is a finished ``ipdrl train --algo dwm-mpc --model.members N`` run directory (N >= 2). At ``--states`` dataset
 states drawn at random, with the run's own base policy, models, H and M and one noise bank per state, it prints the
 norm of the penalty's gradient (lambda 1) over the norm of the return's gradient, both with respect to the policy
 weights the optimiser moves: a lambda of 1 / ratio makes the two equal partners. The penalty is measured in raw
@@ -22,9 +22,10 @@ import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
 
-from ipdrl.algos import dwm_mpc  # noqa: E402
-from ipdrl.config import config_from_json  # noqa: E402
-from ipdrl.pipelines import eval_env_id, load_dataset_for  # noqa: E402
+from ipdrl.algos import dwm_models, dwm_mpc  # noqa: E402
+from ipdrl.data.loading import load_dataset  # noqa: E402
+from ipdrl.pipelines import eval_env_id, saved_config  # noqa: E402
+from ipdrl.planning.policy_ascent import AscentConfig, planning_objective  # noqa: E402
 from ipdrl.runs import Run  # noqa: E402
 
 
@@ -35,20 +36,21 @@ def norm(tree) -> jax.Array:
 def gradient_ratios(run_dir: Path, states: int, seed: int) -> np.ndarray:
     """|grad penalty (lambda 1)| / |grad return| at ``states`` random dataset states of ``run_dir``'s dataset."""
     run = Run.open(run_dir)
-    config = config_from_json(run.config, dwm_mpc.Config)
-    dataset = load_dataset_for(config)
-    base = dwm_mpc.load_base(config, dataset, run, eval_env_id(config, dataset), train=False)
-    models = dwm_mpc.load_world_models(config, dataset, run, dwm_mpc.critic_reward_scale(base), train=False)
+    config = saved_config(dwm_mpc.ALGORITHM, run)
+    dataset = load_dataset(config.dataset)
+    base = dwm_models.load_base(config, dataset, run, eval_env_id(config, dataset), train=False)
+    models = dwm_models.load_world_models(config, dataset, run, dwm_models.critic_reward_scale(base), train=False)
     imagination = dwm_mpc.make_imagination(config, base, models, dataset)
     params = dwm_mpc.policy_params(base, models, 0.0)
-    only_return, unit_penalty = (dataclasses.replace(config, disagreement_penalty=lam, proximity_penalty=0.0)
+    planner = config.planner
+    only_return, unit_penalty = (dataclasses.replace(planner, disagreement_penalty=lam, proximity_penalty=0.0)
                                  for lam in (0.0, 1.0))
 
     def ratio(obs: jax.Array, key: jax.Array) -> jax.Array:
-        noise = jax.random.normal(key, (config.horizon, config.particles, *imagination.noise_shape))
+        noise = jax.random.normal(key, (planner.horizon, planner.particles, *imagination.noise_shape))
 
-        def gradient(cfg: dwm_mpc.Config):
-            objective = lambda actor: dwm_mpc.planning_objective(  # noqa: E731
+        def gradient(cfg: AscentConfig):
+            objective = lambda actor: planning_objective(  # noqa: E731
                 imagination, cfg, actor, params["frozen"], params["actor"], obs, noise)
             return jax.grad(objective)(params["actor"])
 
@@ -63,7 +65,7 @@ def gradient_ratios(run_dir: Path, states: int, seed: int) -> np.ndarray:
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("runs", nargs="+", help="finished `ipdrl train --algo dwm-mpc --ensemble-size N` run directories")
+    parser.add_argument("runs", nargs="+", help="finished `ipdrl train --algo dwm-mpc --model.members N` run directories")
     parser.add_argument("--states", type=int, default=20, help="dataset states drawn at random")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)

@@ -32,9 +32,9 @@ Tables (defaults follow the issues: ``cpu`` budget, final checkpoints, 10 evalua
                  halfcheetah than on hopper (``benchmarks/dwm_penalty_scale.py``; lambda 20 there is about hopper's
                  lambda 1000).
 - ``dwm-settings``  DWM-MPC (MeanFlow) as the cpu preset runs it (M 64 particles, weights carried within an
-                 episode) vs weights reset to the pretrained ones at every step (``--carry reset``, step sizes 100x
-                 the paper's grid), vs the paper's v1 setting (E 5 ascent steps on M 10 particles) and vs M 256 and
-                 1024 (the paper's v2 uses 4096; ``--particles`` sets the larger ones), all on the preset run's
+                 episode) vs weights reset to the pretrained ones at every step (``--planner.carry reset``, step sizes
+                 100x the paper's grid), vs the paper's v1 setting (E 5 ascent steps on M 10 particles) and vs M 256
+                 and 1024 (the paper's v2 uses 4096; ``--particles`` sets the larger ones), all on the preset run's
                  models, both datasets, 3 seeds.
 
 Runs live in ``--out/<algo-variant>/<dataset>-s<seed>`` and are skipped when their ``results.json`` exists, so a
@@ -198,21 +198,24 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path, particl
             for s in seeds:
                 plain = dwm_mpc("meanflow", d, s, out)
                 reuse = ["--models-from", str(plain.run_dir(out))]  # same trained models: only the optimiser differs
-                variants = {f"proximity penalty {lam}": reuse + ["--proximity-penalty", lam] for lam in ("1", "10", "100", "1000")}
+                variants = {f"proximity penalty {lam}": reuse + ["--planner.proximity-penalty", lam]
+                            for lam in ("1", "10", "100", "1000")}
                 variants["termination masking"] = reuse + ["--terminations"]
                 ensemble = dwm_mpc("meanflow", d, s, out, "disagreement penalty 10 (3 models)",
-                                   ["--ensemble-size", "3", "--disagreement-penalty", "10"])
+                                   ["--model.members", "3", "--planner.disagreement-penalty", "10"])
                 chain = [Spec("ReBRAC", "rebrac", d, s), plain]
                 chain += [dwm_mpc("meanflow", d, s, out, row, flags) for row, flags in variants.items()]
+                reuse_ensemble = ["--models-from", str(ensemble.run_dir(out)), "--model.members", "3"]
                 chain += [ensemble] + [dwm_mpc("meanflow", d, s, out, f"disagreement penalty {lam} (3 models)",
-                                               ["--models-from", str(ensemble.run_dir(out)), "--ensemble-size", "3",
-                                                "--disagreement-penalty", lam]) for lam in ("1", "20", "100", "1000")]
+                                               reuse_ensemble + ["--planner.disagreement-penalty", lam])
+                                       for lam in ("1", "20", "100", "1000")]
                 result.append(chain)
         return result
     if table == "dwm-settings":
-        variants = {"weights reset every step, lr 5e-5 to 5e-2": ["--carry", "reset", "--tune-lrs", *RESET_LRS],
-                    "E 5, M 10 (the paper's v1)": ["--inner-steps", "5", "--particles", "10"],
-                    **{f"M {m}": ["--particles", m] for m in particles}}
+        variants = {"weights reset every step, lr 5e-5 to 5e-2": ["--planner.carry", "reset",
+                                                                   "--tuning.lrs", *RESET_LRS],
+                    "E 5, M 10 (the paper's v1)": ["--planner.inner-steps", "5", "--planner.particles", "10"],
+                    **{f"M {m}": ["--planner.particles", m] for m in particles}}
         result = []
         for d in datasets:
             for s in seeds:
@@ -227,7 +230,7 @@ def chains(table: str, datasets: list[str], seeds: list[int], out: Path, particl
 def dwm_mpc(model: str, dataset: str, seed: int, out: Path, row: str = "", flags: list[str] | None = None) -> Spec:
     """DWM-MPC on the ReBRAC run of the same seed; --tune chooses adapt-or-not and the step size on tuning seeds
     kept apart from the evaluation seeds. ``row``/``flags`` name and configure a variant of the plain method."""
-    base = ["--base-run", str(Spec("ReBRAC", "rebrac", dataset, seed).run_dir(out)), "--model", model, "--tune"]
+    base = ["--base-run", str(Spec("ReBRAC", "rebrac", dataset, seed).run_dir(out)), "--model.kind", model, "--tune"]
     variant = f"dwm-mpc-{model}" + (f"-{slug(row)}" if row else "")
     name = f"DWM-MPC ({model})" + (f", {row}" if row else "")
     return Spec(name, "dwm-mpc", dataset, seed, base + (flags or []), variant=variant)

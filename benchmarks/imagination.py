@@ -4,8 +4,8 @@
                                      [--world-model PATH]
 
 For each setting (``mpc:N:H:I``: MPPI with N sequences, horizon H, I iterations; ``greedy-q:N``) this compiles
-:func:`ipdrl.augmentation.imagined_rollouts` for one batch of ``branch_batch`` start states of the dataset and
-``rollout_length`` receding-horizon steps (the budget's AugmentConfig otherwise), and reports:
+:func:`ipdrl.augmentation.rollouts.imagined_rollouts` for one batch of ``branch_batch`` start states of the dataset
+and ``rollout_length`` receding-horizon steps (the budget's AugmentConfig otherwise), and reports:
 
 - ``steps/s``: imagined transitions simulated per second (branch_batch x L per call; median wall time of
   ``--calls`` calls after compilation) and ``cpu s``: process CPU seconds per call (all threads), which other
@@ -41,10 +41,13 @@ from speed import cpu_name, matmul_peak, usable_cores  # noqa: E402
 
 from ipdrl import augmentation  # noqa: E402
 from ipdrl.algos import iql  # noqa: E402
+from ipdrl.algos.ipd_stages import value_functions  # noqa: E402
 from ipdrl.augmentation import AugmentConfig  # noqa: E402
+from ipdrl.augmentation.rollouts import imagined_rollouts  # noqa: E402
+from ipdrl.augmentation.values import real_data, suboptimality  # noqa: E402
 from ipdrl.data.d4rl import read_d4rl  # noqa: E402
 from ipdrl.planning import PlannerConfig  # noqa: E402
-from ipdrl.world_models import ensemble  # noqa: E402
+from ipdrl.world_models import ensemble, ensemble_training  # noqa: E402
 from ipdrl.world_models.ensemble import EnsembleConfig  # noqa: E402
 
 REPO = Path(__file__).resolve().parents[1]
@@ -54,18 +57,19 @@ BUDGET_SECONDS = 600.0
 
 def random_models(dataset, budget: str, world_model: str | None):
     """IQL value functions and an ensemble with random weights (or the saved ensemble)."""
-    iql_config = iql.Config()
-    values = augmentation.from_iql(iql_config, iql.make_learner(iql_config, dataset).init(jax.random.PRNGKey(0)),
-                                   dataset.act_dim)
+    iql_settings = iql.Hyperparameters()
+    values = value_functions(iql_settings, iql.make_learner(iql_settings, dataset).init(jax.random.PRNGKey(0)),
+                             dataset.act_dim)
     if world_model:
         return values, ensemble.load_model(world_model)
-    config = ensemble.resolve_termination(EnsembleConfig(**ensemble.BUDGETS[budget]), dataset)
+    config = ensemble_training.resolve_termination(EnsembleConfig(**ensemble.BUDGETS[budget]), dataset)
     stats = ensemble.normalisation_stats(dataset)
-    params = ensemble.ensemble_learner(config, dataset, stats).init(jax.random.PRNGKey(1))["params"]
-    model = {"params": params, "stats": {k: jnp.asarray(v) for k, v in stats.items()},
+    params = ensemble_training.ensemble_learner(config, dataset, stats).init(jax.random.PRNGKey(1))["params"]
+    model = {"params": params, "stats": jax.tree_util.tree_map(jnp.asarray, stats),
              "elites": jnp.arange(config.elites, dtype=jnp.int32), "termination": {}, "config": config}
     if config.termination == "learned":
-        model["termination"] = ensemble.termination_learner(config, dataset, model).init(jax.random.PRNGKey(2))["params"]
+        learner = ensemble_training.termination_learner(config, dataset, model)
+        model["termination"] = learner.init(jax.random.PRNGKey(2))["params"]
     return values, model
 
 
@@ -82,10 +86,10 @@ def measure(config: AugmentConfig, values, model, dataset, calls: int) -> dict:
     static = dict(values=values, planner=planner, mode=config.mode, kind=config.uncertainty)
     start = jnp.asarray(dataset.observations[: config.branch_batch])
     with unrolled_loops():  # a fresh jit of the same function, so the unrolled trace stays out of the timed cache
-        unrolled = jax.jit(augmentation.imagined_rollouts.__wrapped__, static_argnames=tuple(static) + ("length",))
+        unrolled = jax.jit(imagined_rollouts.__wrapped__, static_argnames=tuple(static) + ("length",))
         analysis = unrolled.lower(model, start, jax.random.PRNGKey(0), length=1, **static).compile().cost_analysis()
     flops = float((analysis[0] if isinstance(analysis, list) else analysis)["flops"]) * config.rollout_length
-    rollout = functools.partial(augmentation.imagined_rollouts, length=config.rollout_length, **static)
+    rollout = functools.partial(imagined_rollouts, length=config.rollout_length, **static)
     started = time.perf_counter()
     jax.block_until_ready(rollout(model, start, jax.random.PRNGKey(0)))
     compile_s = time.perf_counter() - started
@@ -107,8 +111,8 @@ def fixed_costs(dataset, values, model, config: AugmentConfig) -> dict:
                                    config.kappa_quantile)
     kappa_s = time.perf_counter() - started
     started = time.perf_counter()
-    data = augmentation.real_data(dataset, values)
-    augmentation.suboptimality(dataset, values, data, config.suboptimality_steps)
+    data = real_data(dataset, values)
+    suboptimality(dataset, values, data, config.suboptimality_steps)
     return {"kappa_s": kappa_s, "delta_s": time.perf_counter() - started}
 
 

@@ -40,11 +40,13 @@ import numpy as np  # noqa: E402
 
 from ipdrl import augmentation, envs  # noqa: E402
 from ipdrl.algos import iql  # noqa: E402
+from ipdrl.algos.ipd_stages import value_functions  # noqa: E402
+from ipdrl.augmentation.values import continuation_values, real_data  # noqa: E402
 from ipdrl.config import config_from_json  # noqa: E402
 from ipdrl.data.d4rl import read_d4rl  # noqa: E402
+from ipdrl.data.dataset import map_batches  # noqa: E402
 from ipdrl.data.loading import load_dataset  # noqa: E402
 from ipdrl.runs import Run  # noqa: E402
-from ipdrl.world_models.ensemble import map_batches  # noqa: E402
 
 QUARTERS = 4
 
@@ -52,10 +54,11 @@ QUARTERS = 4
 def load_values(iql_cache: Path, dataset) -> augmentation.ValueFunctions:
     """V, Q and the policy of a cached stage-1 IQL (its settings are in the cache entry's info.json)."""
     settings = json.loads((iql_cache / "info.json").read_text())["settings"]
-    config = config_from_json(settings, iql.Config)
+    config = config_from_json(settings, iql.Hyperparameters)
     learner = iql.make_learner(config, dataset)
-    state, _ = Run(iql_cache).load_checkpoint(jax.jit(learner.init)(jax.random.PRNGKey(config.seed)), "iql")
-    return augmentation.from_iql(config, state, dataset.act_dim)
+    # The seed only shapes the template's values, which the checkpoint replaces.
+    state, _ = Run(iql_cache).load_checkpoint(jax.jit(learner.init)(jax.random.PRNGKey(0)), "iql")
+    return value_functions(config, state, dataset.act_dim)
 
 
 def imagined_segments(augmented, original_size: int) -> list[np.ndarray]:
@@ -91,7 +94,7 @@ def study(run_dir: Path, samples: int, horizon: int, seed: int) -> dict:
         raise SystemExit(f"{results['dataset']} has no infos/qpos and infos/qvel: real replays need them.")
     augmented = read_d4rl(stages["augment"]["cache"])
     values = load_values(Path(stages["iql"]["cache"]), dataset)
-    data = augmentation.real_data(dataset, values)
+    data = real_data(dataset, values)
     row_of = {obs.tobytes(): i for i, obs in enumerate(dataset.observations)}
 
     segments = imagined_segments(augmented, dataset.size)
@@ -117,7 +120,7 @@ def study(run_dir: Path, samples: int, horizon: int, seed: int) -> dict:
         replayed = float((discounts * values.scale(real_rewards)).sum())
         imagined_terminal = bool(augmented.terminals[rows_of_segment[-1]])
         imagined = float((gamma ** np.arange(length) * values.scale(augmented.rewards[rows_of_segment])).sum())
-        real = float(augmentation.continuation_values(data, np.array([branch]), np.array([length]), gamma)[0])
+        real = float(continuation_values(data, np.array([branch]), np.array([length]), gamma)[0])
         ends.append((end_obs, gamma ** len(real_rewards) * (not terminated),
                      augmented.next_observations[rows_of_segment[-1]], gamma ** length * (not imagined_terminal)))
         row = {"number": number, "imagined": imagined, "replayed": replayed, "data": real, "terminates": terminated}

@@ -7,8 +7,8 @@ replayed in the real environment.
 1. The ensemble (``ipdrl.world_models.ensemble``, the ``cpu`` budget's sizes, ``--model-steps`` updates at most;
    or ``--world-model``): held-out Gaussian NLL and one-step MSE of s' - s and r, next to predicting the mean change.
 2. An IQL (``--iql-steps`` updates) supplies V and the proposal policy; from ``--starts`` random dataset states,
-   :func:`ipdrl.augmentation.imagined_rollouts` plans L steps in the model (the ``cpu`` AugmentConfig's planner), recording
-   imagined rewards and U(s, a) per step.
+   :func:`ipdrl.augmentation.rollouts.imagined_rollouts` plans L steps in the model (the ``cpu`` AugmentConfig's
+   planner), recording imagined rewards and U(s, a) per step.
 3. Each start state is restored in the real environment (``env.unwrapped.set_state(qpos, qvel)`` from the
    dataset's ``infos/qpos``, ``infos/qvel``; checked against the stored observation) and the imagined actions are
    replayed open loop. For every prefix of k steps (before a real or predicted termination) the absolute
@@ -39,11 +39,13 @@ import numpy as np  # noqa: E402
 
 from ipdrl import augmentation, envs  # noqa: E402
 from ipdrl.algos import iql  # noqa: E402
+from ipdrl.algos.ipd_stages import value_functions  # noqa: E402
 from ipdrl.augmentation import AugmentConfig  # noqa: E402
+from ipdrl.augmentation.rollouts import imagined_rollouts  # noqa: E402
 from ipdrl.data.d4rl import read_d4rl  # noqa: E402
 from ipdrl.planning import PlannerConfig  # noqa: E402
 from ipdrl.training import fit  # noqa: E402
-from ipdrl.world_models import conditional, ensemble  # noqa: E402
+from ipdrl.world_models import common, ensemble, ensemble_training  # noqa: E402
 from ipdrl.world_models.ensemble import EnsembleConfig  # noqa: E402
 from ipdrl.world_models.uncertainty import measure  # noqa: E402
 
@@ -54,11 +56,11 @@ DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "hopper-medium-replay.hd
 def world_model(dataset, args) -> tuple[dict, dict]:
     if args.world_model:
         model = ensemble.load_model(args.world_model)
-        _, heldout = conditional.holdout_split(dataset, model["config"].holdout_fraction, args.seed)
-        return model, {"loaded": args.world_model, **ensemble.one_step_errors(model, heldout)}
+        _, heldout = common.holdout_split(dataset, model["config"].holdout_fraction, args.seed)
+        return model, {"loaded": args.world_model, **ensemble_training.one_step_errors(model, heldout)}
     config = EnsembleConfig(**{**ensemble.BUDGETS["cpu"], "max_steps": args.model_steps,
                                "eval_every": min(500, args.model_steps)})
-    return ensemble.train_ensemble(dataset, config, args.seed, progress=True)
+    return ensemble_training.train_ensemble(dataset, config, args.seed, progress=True)
 
 
 def replay(env, dataset, start: int, actions: np.ndarray) -> tuple[np.ndarray, int, float]:
@@ -97,21 +99,21 @@ def main(argv: list[str] | None = None) -> None:
     model, model_report = world_model(dataset, args)
     if args.save_model:
         ensemble.save_model(model, args.save_model, model_report)
-    iql_config = iql.Config(steps=args.iql_steps, log_every=min(1000, args.iql_steps))
+    iql_config = iql.Hyperparameters(steps=args.iql_steps, log_every=min(1000, args.iql_steps))
     iql_state = fit(iql.make_learner(iql_config, dataset), iql_config.steps, args.seed, iql_config.log_every)
-    values = augmentation.from_iql(iql_config, iql_state, dataset.act_dim)
+    values = value_functions(iql_config, iql_state, dataset.act_dim)
     config = AugmentConfig(**{**augmentation.BUDGETS["cpu"], "rollout_length": args.length})
     kinds = ("gjs", "disagreement")
     kappas = {kind: ensemble.uncertainty_threshold(model, dataset.observations, dataset.actions, kind,
                                                    config.kappa_quantile)[0] for kind in kinds}
-    _, heldout = conditional.holdout_split(dataset, model["config"].holdout_fraction, args.seed)
+    _, heldout = common.holdout_split(dataset, model["config"].holdout_fraction, args.seed)
     one_step = {kind: heldout_error_by_uncertainty(model, heldout, kind, kappas[kind]) for kind in kinds}
 
     # Imagined MPC rollouts from random dataset states (episode ends excluded: their successor is unknown).
     rng = np.random.default_rng(args.seed)
     starts = rng.choice(np.flatnonzero(~(dataset.terminals | dataset.timeouts)), args.starts, replace=False)
     planner = PlannerConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(PlannerConfig)})
-    rollout = functools.partial(augmentation.imagined_rollouts, values=values, planner=planner, mode=config.mode,
+    rollout = functools.partial(imagined_rollouts, values=values, planner=planner, mode=config.mode,
                                 length=config.rollout_length, kind=config.uncertainty)
     imagined = jax.device_get(rollout(model, jnp.asarray(dataset.observations[starts]), jax.random.PRNGKey(args.seed)))
     length = config.rollout_length
@@ -176,8 +178,9 @@ def heldout_error_by_uncertainty(model, heldout, kind: str, kappa: float) -> dic
                                                  for i in range(0, heldout.size, 4096))))
     stats = jax.device_get(model["stats"])
     targets = np.concatenate([heldout.next_observations - heldout.observations, heldout.rewards[:, None]], -1)
-    errors = ((means - (targets - stats["target_mean"]) / stats["target_std"]) ** 2).mean(1)
-    reward_errors = np.abs(means[:, -1] * stats["target_std"][-1] + stats["target_mean"][-1] - heldout.rewards)
+    targets_stats = stats["targets"]
+    errors = ((means - (targets - targets_stats["mean"]) / targets_stats["std"]) ** 2).mean(1)
+    reward_errors = np.abs(means[:, -1] * targets_stats["std"][-1] + targets_stats["mean"][-1] - heldout.rewards)
     inside = u <= kappa
     rank = lambda x: np.argsort(np.argsort(x))
     return {"mse_inside": float(errors[inside].mean()), "mse_outside": float(errors[~inside].mean()),

@@ -116,10 +116,13 @@ def matmul_peak(threads: int) -> float:
 
 # ---- ours ------------------------------------------------------------------------------------------------------
 def algorithm_config(algo: str, dataset_path: str):
-    from ipdrl.algos import get_algorithm
+    """The algorithm's module (for its ``make_learner``) and its default Config on ``dataset_path``."""
+    import importlib
 
-    module = get_algorithm(algo)
-    return module, module.Config(dataset=dataset_path, progress=False)
+    from ipdrl.algos import BUILTIN, get_algorithm
+
+    algorithm = get_algorithm(algo)  # imports and registers the module
+    return importlib.import_module(BUILTIN[algo]), algorithm.Config(dataset=dataset_path, progress=False)
 
 
 @contextlib.contextmanager

@@ -1,4 +1,9 @@
-"""Environments: dataset name -> Gymnasium env, D4RL reference scores, known termination functions."""
+"""Environments: dataset -> family -> Gymnasium env, reference scores, action bounds, known termination functions.
+
+A dataset's family (hopper, halfcheetah, ...) comes from the environment id in its metadata first (``env``: our
+files, Minari's ``env_spec``), then from its name. Its reference scores are its own when its metadata carries them
+(Minari's ``ref_min_score`` / ``ref_max_score``), else the D4RL table's for its family.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 
 REFERENCE_TABLE = "D4RL (Fu et al. 2020) reference min/max returns"
+OWN_REFERENCE = "the dataset's own reference scores (ref_min_score / ref_max_score in its metadata)"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +59,36 @@ def family_of(name: str) -> Family | None:
     return FAMILIES.get(head)
 
 
+def family_for(name: str, metadata: Mapping[str, Any] | None = None) -> Family | None:
+    """A dataset's family: from the env id its metadata names, else from its name."""
+    env = (metadata or {}).get("env")
+    return (family_of(env) if isinstance(env, str) else None) or family_of(name)
+
+
+@dataclasses.dataclass(frozen=True)
+class Reference:
+    """Reference returns that make a normalised score, and which table they come from."""
+
+    min: float
+    max: float
+    table: str
+
+    def normalize(self, returns: np.ndarray | float) -> np.ndarray:
+        """``100 * (R - min) / (max - min)``."""
+        return 100.0 * (np.asarray(returns, dtype=np.float64) - self.min) / (self.max - self.min)
+
+
+def reference_for(name: str, metadata: Mapping[str, Any] | None = None) -> Reference | None:
+    """The dataset's own reference scores when its metadata has them, else its family's D4RL ones (None if
+    neither is known)."""
+    metadata = metadata or {}
+    low, high = metadata.get("ref_min_score"), metadata.get("ref_max_score")
+    if isinstance(low, (int, float)) and isinstance(high, (int, float)) and high != low:
+        return Reference(float(low), float(high), OWN_REFERENCE)
+    family = family_for(name, metadata)
+    return Reference(family.ref_min, family.ref_max, REFERENCE_TABLE) if family else None
+
+
 def env_id_for(dataset_name: str, metadata: Mapping[str, Any] | None = None) -> str:
     """Gymnasium id to evaluate a dataset in: metadata ``env`` first, then the name's family."""
     if metadata and isinstance(metadata.get("env"), str):
@@ -65,14 +101,6 @@ def env_id_for(dataset_name: str, metadata: Mapping[str, Any] | None = None) -> 
             f"family ({known}), or pass --env with a Gymnasium id (e.g. --env Hopper-v5)."
         )
     return family.env_id
-
-
-def normalized_score(name: str, returns: np.ndarray | float) -> np.ndarray | float | None:
-    """``100 * (R - ref_min) / (ref_max - ref_min)`` with the D4RL constants; None for unknown families."""
-    family = family_of(name)
-    if family is None:
-        return None
-    return 100.0 * (np.asarray(returns, dtype=np.float64) - family.ref_min) / (family.ref_max - family.ref_min)
 
 
 def make_env(env_id: str, seed: int | None = None):
@@ -89,6 +117,65 @@ def make_env(env_id: str, seed: int | None = None):
         env.reset(seed=seed)
         env.action_space.seed(seed)
     return env
+
+
+# ---- actions: policies act in [-1, 1]; datasets and environments keep the environment's own units ---------------
+OUT_OF_BOUNDS_TOLERANCE = 1e-4  # of the action range: float noise at a bound is not "outside"
+STRAGGLER_SHARE = 0.01  # at most this share of actions outside the bounds is clipped with a warning, more is an error
+
+
+@dataclasses.dataclass(frozen=True)
+class ActionBounds:
+    """The one owner of action scaling: an environment's Box bounds and the map between them and the [-1, 1] that
+    every policy acts in. Where the bounds are [-1, 1] both maps are exact identities (up to clipping)."""
+
+    low: np.ndarray
+    high: np.ndarray
+
+    @classmethod
+    def of(cls, env) -> "ActionBounds":
+        space = env.action_space
+        return cls(np.asarray(space.low, np.float32), np.asarray(space.high, np.float32))
+
+    @property
+    def unit(self) -> bool:
+        return bool(np.all(self.low == -1.0) and np.all(self.high == 1.0))
+
+    def to_env(self, actions: np.ndarray) -> np.ndarray:
+        """Policy actions in [-1, 1] -> the environment's units (clipped to the bounds)."""
+        actions = np.clip(actions, -1.0, 1.0)
+        return actions if self.unit else self.low + (actions + 1.0) * 0.5 * (self.high - self.low)
+
+    def to_policy(self, actions: np.ndarray) -> np.ndarray:
+        """Actions in the environment's units -> [-1, 1]."""
+        return actions if self.unit else (2.0 * (actions - self.low) / (self.high - self.low) - 1.0).astype(np.float32)
+
+    def check(self, actions: np.ndarray, what: str, env_id: str) -> np.ndarray:
+        """``actions`` (env units) if they lie within the bounds; a few stragglers are clipped with a warning; a
+        material share outside is an error that says how to rescale them."""
+        slack = OUT_OF_BOUNDS_TOLERANCE * (self.high - self.low)
+        outside = np.any((actions < self.low - slack) | (actions > self.high + slack), axis=-1)
+        if not outside.any():
+            return actions
+        share = float(outside.mean())
+        span = f"[{np.min(self.low):g}, {np.max(self.high):g}]"
+        if share > STRAGGLER_SHARE:
+            factor = float(np.max(np.abs(actions)) / np.max(np.abs(np.concatenate([self.low, self.high]))))
+            raise ValueError(
+                f"{share:.1%} of the actions of {what} lie outside {env_id}'s action bounds {span} (they range "
+                f"from {actions.min():.3g} to {actions.max():.3g}): the data is in other units than the environment. "
+                f"Rescale the dataset's actions into the bounds (they look about {factor:.3g}x too large: divide them "
+                f"by {factor:.3g}), or evaluate in the environment the data came from (--env).")
+        warnings.warn(f"{outside.sum()} actions ({share:.2%}) of {what} lie outside {env_id}'s action bounds {span}; "
+                      f"they are clipped to the bounds.", stacklevel=2)
+        return np.clip(actions, self.low, self.high)
+
+
+def action_bounds(env_id: str) -> ActionBounds:
+    env = make_env(env_id)
+    bounds = ActionBounds.of(env)
+    env.close()
+    return bounds
 
 
 def check_dims(env, obs_dim: int, act_dim: int, what: str) -> None:
@@ -141,7 +228,7 @@ TERMINATION_FNS: dict[str, TerminationFn] = {
 }
 
 
-def termination_fn(name: str) -> TerminationFn | None:
+def termination_fn(name: str, metadata: Mapping[str, Any] | None = None) -> TerminationFn | None:
     """The known termination function for a dataset/env family, or None (learn a classifier instead)."""
-    family = family_of(name)
+    family = family_for(name, metadata)
     return TERMINATION_FNS.get(family.name) if family else None

@@ -4,14 +4,36 @@ jitted policy call per step (measured faster on 2 cores than vector-env worker p
 from __future__ import annotations
 
 import time
-from typing import Any
+from typing import Any, Callable, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from ipdrl import envs
-from ipdrl.training import Params, Policy
+
+Params = Any
+Carry = Any
+
+
+class Policy(NamedTuple):
+    """An acting policy, pure in its parameters so one jit serves every evaluation.
+
+    ``init_carry(params, num_envs)`` gives the per-episode memory (history for sequence models, adapted
+    weights for DWM-MPC, ``()`` for plain MLP policies); ``act(params, carry, obs, prev_reward, key)``
+    maps a batch of observations (one per environment) to ``(carry, actions)``.
+    """
+
+    init_carry: Callable[[Params, int], Carry]
+    act: Callable[[Params, Carry, jax.Array, jax.Array, jax.Array], tuple[Carry, jax.Array]]
+
+
+def stateless_policy(act_fn: Callable[[Params, jax.Array, jax.Array], jax.Array]) -> Policy:
+    """Wrap ``act_fn(params, obs, key) -> actions`` (MLP policies) as a :class:`Policy`."""
+    return Policy(
+        init_carry=lambda params, num_envs: (),
+        act=lambda params, carry, obs, prev_reward, key: ((), act_fn(params, obs, key)),
+    )
 
 _JITTED: dict[Any, Any] = {}
 
@@ -28,12 +50,13 @@ def evaluate(
     env_id: str,
     episodes: int = 10,
     seed: int = 10_000,
-    dataset_name: str | None = None,
+    reference: envs.Reference | None = None,
     max_steps: int | None = None,
 ) -> dict[str, Any]:
     """Run ``episodes`` episodes in lockstep; returns raw and normalised returns with the reference table named.
 
-    Environment ``i`` is reset with seed ``seed + i``: keep ``seed`` apart from training seeds.
+    Environment ``i`` is reset with seed ``seed + i``: keep ``seed`` apart from training seeds. Scores are normalised
+    with ``reference`` (``Dataset.reference()``), by default the D4RL table's for the environment's family.
     """
     env_list = [envs.make_env(env_id) for _ in range(episodes)]
     obs_dim = int(np.prod(env_list[0].observation_space.shape))
@@ -47,7 +70,7 @@ def evaluate(
     done = np.zeros(episodes, dtype=bool)
     prev_reward = np.zeros(episodes, dtype=np.float32)
     key = jax.random.PRNGKey(seed)
-    low, high = env_list[0].action_space.low, env_list[0].action_space.high
+    bounds = envs.ActionBounds.of(env_list[0])
     started = time.perf_counter()
     for _ in range(limit):
         key, act_key = jax.random.split(key)
@@ -58,7 +81,7 @@ def evaluate(
         for i, env in enumerate(env_list):
             if done[i]:
                 continue
-            next_obs, reward, terminated, truncated, _ = env.step(np.clip(actions[i], low, high))
+            next_obs, reward, terminated, truncated, _ = env.step(bounds.to_env(actions[i]))
             returns[i] += reward
             lengths[i] += 1
             prev_reward[i] = reward
@@ -68,8 +91,7 @@ def evaluate(
             break
     for env in env_list:
         env.close()
-    name = dataset_name or env_id
-    normalized = envs.normalized_score(name, returns)
+    reference = reference or envs.reference_for(env_id)
     result: dict[str, Any] = {
         "env": env_id,
         "episodes": episodes,
@@ -80,11 +102,13 @@ def evaluate(
         "return_std": float(returns.std()),
         "seconds": time.perf_counter() - started,
     }
-    if normalized is not None:
+    if reference is not None:
+        normalized = reference.normalize(returns)
         result.update(
-            normalized_scores=np.asarray(normalized).tolist(),
+            normalized_scores=normalized.tolist(),
             normalized_mean=float(np.mean(normalized)),
             normalized_std=float(np.std(normalized)),
-            reference_table=envs.REFERENCE_TABLE,
+            reference_table=reference.table,
+            reference_scores=[reference.min, reference.max],
         )
     return result

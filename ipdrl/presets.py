@@ -1,27 +1,34 @@
 """Presets: budget (tiny | cpu | paper) x dataset overrides on top of an algorithm's Config defaults.
 
-Each algorithm module may define ``BUDGETS = {"tiny": {...}, "cpu": {...}, "paper": {...}}`` and
-``PRESETS = {"hopper": {...}, "hopper-medium-replay": {...}}`` (family, then exact dataset; the more specific
-wins). Command-line flags override everything here.
+Each :class:`~ipdrl.algos.Algorithm` has ``budgets = {"tiny": {...}, "cpu": {...}, "paper": {...}}`` and
+``presets = {"hopper": {...}, "hopper-medium-replay": {...}}`` (family, then exact dataset; the more specific
+wins); nested stage settings are dicts that merge key by key. Command-line flags override everything here.
 """
 
 from __future__ import annotations
 
 import dataclasses
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 from ipdrl import envs
 
 BUDGET_NAMES = ("tiny", "cpu", "paper")
 
-# Run-level settings per budget; algorithms add their own (steps, network sizes) in their BUDGETS.
+# Settings per budget that every algorithm shares; algorithms add their own (steps, network sizes) in their budgets.
 COMMON_BUDGETS: dict[str, dict[str, Any]] = {
     "tiny": dict(steps=200, log_every=50, eval_every=0, eval_episodes=2, checkpoint_every=100),
     "cpu": dict(log_every=1000, eval_every=0, eval_episodes=10, checkpoint_every=5000),
     "paper": dict(steps=1_000_000, log_every=5000, eval_every=50_000, eval_episodes=10, checkpoint_every=50_000),
 }
+
+
+FIT_FIELDS = ("steps", "log_every", "eval_every", "checkpoint_every")
+
+
+def fit_budget(budget: str, overrides: dict[str, Any]) -> dict[str, Any]:
+    """The common training-length settings of ``budget`` for a nested stage, then ``overrides``."""
+    return {**{k: v for k, v in COMMON_BUDGETS[budget].items() if k in FIT_FIELDS}, **overrides}
 
 
 def dataset_key(dataset: str) -> str:
@@ -37,15 +44,28 @@ def dataset_key(dataset: str) -> str:
     return name.lower()
 
 
-def overrides(module: ModuleType, dataset: str, budget: str) -> dict[str, Any]:
-    """The merged overrides for ``module`` on ``dataset`` at ``budget``."""
+def dataset_family(dataset: str) -> envs.Family | None:
+    """The family of a dataset spec: from the env id in a file's metadata first, then from its name."""
+    from ipdrl.data.d4rl import read_metadata
+    from ipdrl.data.loading import embedded_files
+
+    path = Path(dataset).expanduser()
+    if dataset == "embedded" and embedded_files():
+        path = embedded_files()[0]
+    metadata = read_metadata(path) if path.suffix in (".hdf5", ".h5") and path.is_file() else {}
+    return envs.family_for(dataset_key(dataset), metadata)
+
+
+def overrides(algorithm: Any, dataset: str, budget: str) -> dict[str, Any]:
+    """The merged overrides for ``algorithm`` (an :class:`~ipdrl.algos.Algorithm`) on ``dataset`` at ``budget``."""
+    algorithm = getattr(algorithm, "ALGORITHM", algorithm)  # an algorithm's module stands for it
     if budget not in BUDGET_NAMES:
         raise ValueError(f"unknown budget {budget!r}; choose one of {', '.join(BUDGET_NAMES)}.")
     merged: dict[str, Any] = dict(COMMON_BUDGETS[budget])
-    _merge(merged, getattr(module, "BUDGETS", {}).get(budget, {}))
-    presets = getattr(module, "PRESETS", {})
+    _merge(merged, algorithm.budgets.get(budget, {}))
+    presets = algorithm.presets
     key = dataset_key(dataset)
-    family = envs.family_of(key)
+    family = dataset_family(dataset)
     if family is not None:
         _merge(merged, presets.get(family.name, {}))
     _merge(merged, presets.get(key, {}))
@@ -59,9 +79,12 @@ def _merge(merged: dict[str, Any], table: dict[str, Any]) -> None:
         merged[name] = {**merged[name], **value} if both_dicts else value
 
 
-def make_config(module: ModuleType, dataset: str, budget: str = "cpu", **changes: Any):
-    """``module.Config`` with preset overrides for (dataset, budget), then ``changes``."""
-    fields = {f.name for f in dataclasses.fields(module.Config)}
-    values = {k: v for k, v in overrides(module, dataset, budget).items() if k in fields}
-    values.update(dataset=dataset, **changes)
-    return module.Config(**values)
+def make_config(algorithm: Any, dataset: str, budget: str = "cpu", **changes: Any):
+    """``algorithm.Config`` with preset overrides for (dataset, budget), then ``changes`` (a dict for a nested stage
+    changes only the settings it names). ``algorithm``: an
+    :class:`~ipdrl.algos.Algorithm` or the module that registered it."""
+    algorithm = getattr(algorithm, "ALGORITHM", algorithm)
+    fields = {f.name for f in dataclasses.fields(algorithm.Config)}
+    values = {k: v for k, v in overrides(algorithm, dataset, budget).items() if k in fields}
+    _merge(values, dict(changes, dataset=dataset))  # dict changes of nested stages merge into their presets
+    return algorithm.Config(**values)

@@ -5,8 +5,9 @@ Layout of a run directory::
     config.json          the resolved configuration (algorithm name included)
     metrics.jsonl        one JSON object per logged step: {"step", "train/...", "eval/normalized_score", ...}
     metrics.csv          the same rows as CSV
-    checkpoint.msgpack   latest train state (flax.serialization), written atomically
-    checkpoint.json      {"step": ...} of that checkpoint
+    checkpoint.msgpack   latest train state and its step (flax.serialization), written atomically
+    checkpoint.json      {"step": ...} of that checkpoint, for reading
+    tensorboard/         TensorBoard events of the same rows (with IPDRL_TENSORBOARD=1)
     results.json         final evaluation of the final checkpoint
     learning_curve.png   training losses and evaluation score against steps
     log.txt              plain text log
@@ -15,11 +16,9 @@ Layout of a run directory::
 from __future__ import annotations
 
 import csv
-import dataclasses
 import json
 import logging
 import os
-import tempfile
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -27,46 +26,7 @@ import flax.serialization
 import jax
 import numpy as np
 
-
-def atomic_replace(tmp: str | Path, path: str | Path) -> None:
-    """Move a finished temporary file onto ``path`` in one step, with the permissions a plain write would give
-    (temporary files are created owner-only)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(tmp, 0o666 & ~umask)
-    os.replace(tmp, path)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a partial one."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(data)
-            handle.flush()
-            os.fsync(handle.fileno())
-        atomic_replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def atomic_write_json(path: Path, obj: Any) -> None:
-    atomic_write_bytes(path, (json.dumps(obj, indent=2, default=_json_default) + "\n").encode())
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.floating, np.integer)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    if isinstance(obj, Path):
-        return str(obj)
-    if dataclasses.is_dataclass(obj):
-        return dataclasses.asdict(obj)
-    raise TypeError(f"cannot serialise {type(obj).__name__} to JSON")
+from ipdrl.storage import atomic_path, atomic_write_bytes, atomic_write_json, json_default
 
 
 class Run:
@@ -75,6 +35,7 @@ class Run:
     def __init__(self, path: Path):
         self.path = Path(path)
         self.logger = logging.getLogger(f"ipdrl.run.{self.path.name}")
+        self._writer = None
 
     # ---- lifecycle -------------------------------------------------------------------------------
     @classmethod
@@ -89,7 +50,7 @@ class Run:
                     f"another --run-dir."
                 )
             saved = json.loads(config_path.read_text())
-            fresh = json.loads(json.dumps(dict(config), default=_json_default))
+            fresh = json.loads(json.dumps(dict(config), default=json_default))
             changed = {k for k in set(saved) | set(fresh) if saved.get(k) != fresh.get(k) and k not in _RESUME_FREE}
             if changed:
                 raise ValueError(
@@ -122,68 +83,107 @@ class Run:
 
     # ---- checkpoints -----------------------------------------------------------------------------
     def save_checkpoint(self, state: Any, step: int, name: str = "checkpoint") -> None:
-        """Atomically save a train state pytree; the step file is written after the state it describes."""
+        """Atomically save a train state pytree together with its step, in one file (a kill between two files
+        could pair a state with another step); ``<name>.json`` repeats the step for people and tools."""
         host_state = jax.device_get(state)
-        atomic_write_bytes(self.path / f"{name}.msgpack", flax.serialization.to_bytes(host_state))
+        atomic_write_bytes(self.path / f"{name}.msgpack",
+                           flax.serialization.to_bytes({"state": host_state, "step": np.int64(step)}))
         atomic_write_json(self.path / f"{name}.json", {"step": int(step)})
 
     def has_checkpoint(self, name: str = "checkpoint") -> bool:
-        return (self.path / f"{name}.json").exists() and (self.path / f"{name}.msgpack").exists()
+        return (self.path / f"{name}.msgpack").exists()
 
     def load_checkpoint(self, template: Any, name: str = "checkpoint") -> tuple[Any, int]:
-        """Restore a state saved by :meth:`save_checkpoint` into the structure of ``template``."""
+        """Restore a state saved by :meth:`save_checkpoint` into the structure of ``template``, and its step."""
         path = self.path / f"{name}.msgpack"
         try:
-            state = flax.serialization.from_bytes(template, path.read_bytes())
+            saved = flax.serialization.from_bytes({"state": template, "step": np.int64(0)}, path.read_bytes())
         except Exception as err:  # msgpack raises several types for corrupt bytes
             raise ValueError(
                 f"checkpoint {path} cannot be read ({type(err).__name__}: {err}). It is corrupt or was written by "
                 f"a different configuration or ipdrl version; delete it to restart the run."
             ) from None
-        step = json.loads((self.path / f"{name}.json").read_text())["step"]
-        return state, int(step)
+        return saved["state"], int(saved["step"])
 
     # ---- metrics ---------------------------------------------------------------------------------
     def log_metrics(self, step: int, metrics: Mapping[str, float]) -> None:
+        """Append one row (JSONL, then the CSV and, with IPDRL_TENSORBOARD=1, the run's one TensorBoard writer,
+        flushed so that what was logged is on disk even if the process is killed)."""
         row = {"step": int(step), **{k: float(v) for k, v in metrics.items()}}
         with open(self.path / "metrics.jsonl", "a") as handle:
             handle.write(json.dumps(row) + "\n")
+            handle.flush()
+            os.fsync(handle.fileno())
         self._write_csv()
-        self._write_tensorboard(step, metrics)
+        writer = self._tensorboard()
+        if writer is not None:
+            self._add_scalars(writer, row)
+            writer.flush()
 
     def metrics(self) -> list[dict[str, float]]:
+        """Every logged row; a last line cut short by a killed process is left out (a resume rewrites the file)."""
         path = self.path / "metrics.jsonl"
         if not path.exists():
             return []
-        return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+        rows = []
+        for line in path.read_text().splitlines():
+            try:
+                rows.append(json.loads(line))
+            except json.JSONDecodeError:
+                continue
+        return rows
 
-    def truncate_metrics(self, after_step: int) -> None:
-        """Drop rows logged after ``after_step`` (a resumed run repeats them from its checkpoint)."""
-        rows = [r for r in self.metrics() if r["step"] <= after_step]
+    def truncate_metrics(self, after_step: int, stage: str = "") -> None:
+        """Drop the rows of ``stage`` (all rows when "") logged after ``after_step``: a resumed run repeats them
+        from its checkpoint. The TensorBoard events are rewritten from what remains, so no step appears twice."""
+        mine = lambda row: not stage or any(key.startswith(stage) for key in row)
+        rows = [r for r in self.metrics() if r["step"] <= after_step or not mine(r)]
         atomic_write_bytes(self.path / "metrics.jsonl", "".join(json.dumps(r) + "\n" for r in rows).encode())
         self._write_csv()
+        if self._tensorboard() is not None:
+            self.close()
+            for event_file in (self.path / "tensorboard").glob("events.out.tfevents.*"):
+                event_file.unlink()
+            writer = self._tensorboard()
+            for row in rows:
+                self._add_scalars(writer, row)
+            writer.flush()
 
     def _write_csv(self) -> None:
+        import io
+
         rows = self.metrics()
         keys = sorted({k for r in rows for k in r if k != "step"})
-        path = self.path / "metrics.csv"
-        with open(path.with_suffix(".csv.tmp"), "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=["step", *keys])
-            writer.writeheader()
-            writer.writerows(rows)
-        os.replace(path.with_suffix(".csv.tmp"), path)
+        text = io.StringIO()
+        writer = csv.DictWriter(text, fieldnames=["step", *keys])
+        writer.writeheader()
+        writer.writerows(rows)
+        atomic_write_bytes(self.path / "metrics.csv", text.getvalue().encode())
 
-    def _write_tensorboard(self, step: int, metrics: Mapping[str, float]) -> None:
+    def _tensorboard(self):
+        """The run's TensorBoard writer, opened once (None unless IPDRL_TENSORBOARD=1)."""
         if os.environ.get("IPDRL_TENSORBOARD", "0") != "1":
-            return
-        try:
-            from tensorboardX import SummaryWriter
-        except ImportError:
-            self.logger.warning("IPDRL_TENSORBOARD=1 but tensorboardX is not installed: pip install tensorboardX")
-            return
-        with SummaryWriter(str(self.path / "tensorboard")) as writer:
-            for key, value in metrics.items():
-                writer.add_scalar(key, value, step)
+            return None
+        if self._writer is None:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:
+                raise ValueError("IPDRL_TENSORBOARD=1 needs tensorboardX: pip install -e \".[tensorboard]\" (or unset "
+                                 "IPDRL_TENSORBOARD).") from None
+            self._writer = SummaryWriter(str(self.path / "tensorboard"))
+        return self._writer
+
+    @staticmethod
+    def _add_scalars(writer, row: Mapping[str, float]) -> None:
+        for key, value in row.items():
+            if key != "step":
+                writer.add_scalar(key, value, int(row["step"]))
+
+    def close(self) -> None:
+        """Close the TensorBoard writer (if one is open); logging again reopens it."""
+        if self._writer is not None:
+            self._writer.close()
+            self._writer = None
 
     # ---- results ---------------------------------------------------------------------------------
     def save_results(self, results: Mapping[str, Any]) -> None:
@@ -216,9 +216,9 @@ class Run:
         fig.suptitle(f"{config.get('algo', '')} on {config.get('dataset', '')} (seed {config.get('seed', '')})")
         fig.tight_layout()
         out = self.path / "learning_curve.png"
-        fig.savefig(out.with_suffix(".tmp.png"), dpi=90)
+        with atomic_path(out, suffix=".png") as tmp:
+            fig.savefig(tmp, dpi=90)
         plt.close(fig)
-        os.replace(out.with_suffix(".tmp.png"), out)
         return out
 
 

@@ -2,45 +2,34 @@
 
 Updates run fused in chunks of ``log_every`` steps with ``jax.lax.scan``; batches are sampled on device from
 fields moved there once. Each chunk's random key is derived from (seed, step), so a run resumed from a
-checkpoint produces exactly the numbers of an uninterrupted one.
+checkpoint produces exactly the numbers of an uninterrupted one. :func:`train_in_run` adds what a run directory
+gives a learner: resume, progress, metrics, periodic evaluation and checkpoints.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 from typing import Any, Callable, Mapping, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from tqdm.auto import tqdm
 
+from ipdrl.config import FitConfig, RunConfig
+from ipdrl.envs import Reference
 from ipdrl.data.dataset import Fields, to_device
+from ipdrl.evaluation import Policy, evaluate
+from ipdrl.runs import Run
+
+log = logging.getLogger("ipdrl")
 
 State = Any
 Params = Any
-Carry = Any
 Batch = dict[str, jax.Array]
 Metrics = dict[str, jax.Array]
-
-
-class Policy(NamedTuple):
-    """An acting policy, pure in its parameters so one jit serves every evaluation.
-
-    ``init_carry(params, num_envs)`` gives the per-episode memory (history for sequence models, adapted
-    weights for DWM-MPC, ``()`` for plain MLP policies); ``act(params, carry, obs, prev_reward, key)``
-    maps a batch of observations (one per environment) to ``(carry, actions)``.
-    """
-
-    init_carry: Callable[[Params, int], Carry]
-    act: Callable[[Params, Carry, jax.Array, jax.Array, jax.Array], tuple[Carry, jax.Array]]
-
-
-def stateless_policy(act_fn: Callable[[Params, jax.Array, jax.Array], jax.Array]) -> Policy:
-    """Wrap ``act_fn(params, obs, key) -> actions`` (MLP policies) as a :class:`Policy`."""
-    return Policy(
-        init_carry=lambda params, num_envs: (),
-        act=lambda params, carry, obs, prev_reward, key: ((), act_fn(params, obs, key)),
-    )
 
 
 class Learner(NamedTuple):
@@ -50,17 +39,46 @@ class Learner(NamedTuple):
     init: key -> initial train state (a pytree).
     update: (state, batch, key) -> (state, metrics). Pure; jitted and scanned by :func:`fit`.
     sample: (fields, key) -> batch. Pure.
-    policy: the acting policy; ``policy_params(state)`` extracts what it needs.
+    policy: the acting policy; ``policy_params(state)`` extracts what it needs (both None for models, which
+    do not act).
     """
 
     fields: Mapping[str, np.ndarray]
     init: Callable[[jax.Array], State]
     update: Callable[[State, Batch, jax.Array], tuple[State, Metrics]]
     sample: Callable[[Fields, jax.Array], Batch]
-    policy: Policy
-    policy_params: Callable[[State], Params]
+    policy: Policy | None = None
+    policy_params: Callable[[State], Params] | None = None
 
 
+# ---- one optimiser step ---------------------------------------------------------------------------------
+class GradientStep(NamedTuple):
+    params: Params
+    opt_state: Any
+    loss: jax.Array
+    aux: Any
+    grads: Params
+
+
+def apply_gradients(optimizer: optax.GradientTransformation, params: Params, opt_state: Any, grads: Params
+                    ) -> tuple[Params, Any]:
+    """``params`` moved by ``optimizer`` along ``grads`` (to be minimised): (new params, new optimiser state)."""
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state
+
+
+def gradient_step(loss_fn: Callable[[Params], Any], optimizer: optax.GradientTransformation, params: Params,
+                  opt_state: Any, has_aux: bool = False) -> GradientStep:
+    """One optimiser step on ``loss_fn(params)`` (which returns ``(loss, aux)`` when ``has_aux``)."""
+    if has_aux:
+        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
+    else:
+        (loss, grads), aux = jax.value_and_grad(loss_fn)(params), None
+    params, opt_state = apply_gradients(optimizer, params, opt_state, grads)
+    return GradientStep(params, opt_state, loss, aux, grads)
+
+
+# ---- the loop ---------------------------------------------------------------------------------------------
 def make_chunk_fn(learner: Learner, length: int) -> Callable[[State, Fields, jax.Array], tuple[State, Metrics]]:
     """A jitted function running ``length`` updates in one ``lax.scan``; returns the chunk's mean metrics."""
 
@@ -88,11 +106,13 @@ def fit(
     log_every: int,
     state: State | None = None,
     start_step: int = 0,
-    on_chunk: Callable[[int, State, dict[str, float]], None] | None = None,
+    on_chunk: Callable[[int, State, dict[str, float]], bool | None] | None = None,
 ) -> State:
     """Train for ``steps`` updates from ``state`` (fresh if None) at ``start_step``.
 
-    ``on_chunk(step, state, metrics)`` runs after every chunk (logging, evaluation, checkpoints).
+    ``on_chunk(step, state, metrics)`` runs after every chunk (logging, evaluation, checkpoints, early stopping);
+    when it returns True, training stops there. The state it is given is donated to the next chunk: copy what
+    you keep of it.
     """
     if state is None:
         state = learner.init(jax.random.PRNGKey(seed))
@@ -114,6 +134,58 @@ def fit(
                 f"training diverged at step {step}: {', '.join(bad)} became NaN/inf. Lower the learning rate, "
                 f"check the dataset for outliers, or try another seed."
             )
-        if on_chunk is not None:
-            on_chunk(step, state, scalars)
+        if on_chunk is not None and on_chunk(step, state, scalars):
+            break
     return state
+
+
+# ---- training inside a run directory ------------------------------------------------------------------------
+def train_in_run(learner: Learner, fit_config: FitConfig, run_config: RunConfig, run: Run, env_id: str | None,
+                 reference: Reference | None, stage: str = "") -> Any:
+    """Fit ``learner`` for ``fit_config.steps`` in ``run``: resume, progress bar, metrics, periodic evaluation
+    (when ``env_id`` is given, normalised with ``reference``) and checkpoints. Seeds, evaluation episodes and progress
+    come from ``run_config``.
+
+    ``stage`` prefixes checkpoint names and progress labels (pipelines such as IPD train several learners in
+    one run directory). Returns the final state.
+    """
+    ckpt = f"{stage}checkpoint" if stage else "checkpoint"
+    template = learner.init(jax.random.PRNGKey(run_config.seed))
+    state, start = template, 0
+    if run.has_checkpoint(ckpt):
+        state, start = run.load_checkpoint(template, ckpt)
+        run.truncate_metrics(start, stage)
+        log.info("resuming %s from step %d", ckpt, start)
+    steps = fit_config.steps
+    bar = tqdm(total=steps, initial=start, desc=stage.rstrip("_") or "train", unit="upd",
+               disable=not run_config.progress, dynamic_ncols=True)
+
+    def on_chunk(step: int, state: Any, metrics: dict[str, float]) -> None:
+        bar.update(step - bar.n)
+        row = {f"{stage}{k}" if stage else k: v for k, v in metrics.items()}
+        due = lambda every: every > 0 and (step % every == 0)
+        if env_id and due(fit_config.eval_every) and step < steps:
+            result = evaluate(learner.policy, learner.policy_params(state), env_id, run_config.eval_episodes,
+                              run_config.eval_seed, reference)
+            row["eval/return"] = result["return_mean"]
+            if "normalized_mean" in result:
+                row["eval/normalized_score"] = result["normalized_mean"]
+                bar.set_postfix(score=f"{result['normalized_mean']:.1f}")
+        run.log_metrics(step, row)
+        if due(fit_config.checkpoint_every) or due(fit_config.eval_every) or step == steps:
+            run.save_checkpoint(state, step, ckpt)
+
+    state = fit(learner, steps, run_config.seed, fit_config.log_every, state, start, on_chunk)
+    bar.close()
+    if start < steps:
+        run.save_checkpoint(state, steps, ckpt)
+    return state
+
+
+def evaluate_final(learner: Learner, state: Any, run_config: RunConfig, env_id: str,
+                   reference: Reference | None) -> dict:
+    """The final checkpoint's evaluation on the run's evaluation seeds."""
+    result = evaluate(learner.policy, learner.policy_params(state), env_id, run_config.eval_episodes,
+                      run_config.eval_seed, reference)
+    result["checkpoint"] = "final"
+    return result

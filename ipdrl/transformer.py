@@ -10,9 +10,8 @@ current step sits at position ``min(t, K - 1)`` with the history before it.
 
 Two choices keep the same function fast on XLA:CPU (``benchmarks/speed.py``): every dense layer is one 2-D matmul
 over all tokens of the batch (XLA computes a 3-D ``Dense``'s kernel gradient with an extra transpose and a slow
-matmul orientation, about 1.7x slower), and the last block computes queries, MLP and output only at the state
-tokens, the only outputs read (its keys and values still come from every token): 19% fewer FLOPs per update at
-the CORL size, 28% at the ``cpu`` budget's.
+matmul orientation), and the last block computes queries, MLP and output only at the state
+tokens, the only outputs read (its keys and values still come from every token).
 """
 
 from __future__ import annotations

@@ -12,9 +12,13 @@ import numpy as np
 import pytest
 
 from ipdrl import augmentation
-from ipdrl.algos import iql
+from ipdrl.algos import ipd_stages, iql
+from ipdrl.augmentation import orchestration
+from ipdrl.augmentation.rollouts import judge as judge_fn
+from ipdrl.augmentation.values import RealData, branch_candidates
+from ipdrl.commands import augment as augment_command
 from ipdrl.augmentation import AugmentConfig, ValueFunctions, augment
-from ipdrl.world_models import ensemble
+from ipdrl.world_models import ensemble, train_ensemble
 from ipdrl.world_models.ensemble import EnsembleConfig
 
 # Tiny and fast; branch_threshold=-inf makes every state a candidate, since an untrained V ranks them arbitrarily.
@@ -27,8 +31,8 @@ def setup(tiny_hopper):
     dataset = tiny_hopper.first_episodes(30)
     iql_config = iql.Config(hidden_dims=(32, 32))
     iql_state = iql.make_learner(iql_config, dataset).init(jax.random.PRNGKey(0))
-    values = augmentation.from_iql(iql_config, iql_state, dataset.act_dim)
-    model, _ = ensemble.train_ensemble(dataset, EnsembleConfig(members=3, elites=2, hidden_dims=(32, 32),
+    values = ipd_stages.value_functions(iql_config, iql_state, dataset.act_dim)
+    model, _ = train_ensemble(dataset, EnsembleConfig(members=3, elites=2, hidden_dims=(32, 32),
                                                                max_steps=100, eval_every=50), 0, progress=False)
     augmented, report = augment(dataset, values, model, CONFIG, seed=0, progress=False)
     return dataset, values, model, augmented, report
@@ -121,7 +125,7 @@ def test_acceptance_requires_beating_the_real_continuation(setup):
 def test_judge_rules_on_constructed_rollouts():
     values = ValueFunctions(q=None, v=lambda obs: jnp.zeros(obs.shape[0]), policy=None, gamma=0.5,
                             reward_scale=1.0, reward_shift=0.0)
-    data = augmentation.RealData(rewards=np.ones(10), next_values=np.zeros(10), terminals=np.zeros(10, bool),
+    data = RealData(rewards=np.ones(10), next_values=np.zeros(10), terminals=np.zeros(10, bool),
                                  episode_end=np.full(10, 10))
     config = dataclasses.replace(CONFIG, rollout_length=4, min_rollout_length=2)
     rollouts = {  # four rollouts of four steps
@@ -131,7 +135,7 @@ def test_judge_rules_on_constructed_rollouts():
         "next_observations": np.zeros((4, 4, 3)),
         "next_values": np.zeros((4, 4)),
     }
-    verdict = augmentation.judge(rollouts, np.zeros(4, int), data, values, kappa=1.0, config=config)
+    verdict = judge_fn(rollouts, np.zeros(4, int), data, values, kappa=1.0, config=config)
     np.testing.assert_array_equal(verdict.lengths, [4, 1, 3, 3])
     np.testing.assert_array_equal(verdict.terminated, [False, False, True, False])
     # 2 + 1 + 0.5 + 0.25 vs the data's 1 + 0.5 + 0.25 + 0.125; 0.5 * (1 + .5 + .25) < 1 + .5 + .25 over 3 steps.
@@ -168,7 +172,7 @@ def test_an_interrupted_augmentation_resumes_to_the_same_result(setup, tmp_path,
     whole, whole_report = augment(plenty, values, model, config, seed=0, progress=False)
     assert whole_report["rollouts"] > 2 * config.branch_batch  # several batches, so the interruption is mid-way
 
-    progress_file, judge, calls = tmp_path / "progress.pkl", augmentation.judge, []
+    progress_file, judge, calls = tmp_path / "progress.pkl", judge_fn, []
 
     def judge_then_stop(*args, **kwargs):
         calls.append(1)
@@ -176,11 +180,11 @@ def test_an_interrupted_augmentation_resumes_to_the_same_result(setup, tmp_path,
             raise KeyboardInterrupt
         return judge(*args, **kwargs)
 
-    monkeypatch.setattr(augmentation, "judge", judge_then_stop)
+    monkeypatch.setattr(orchestration, "judge", judge_then_stop)
     with pytest.raises(KeyboardInterrupt):
         augment(plenty, values, model, config, seed=0, progress=False, progress_file=progress_file,
                 save_every_seconds=0)
-    monkeypatch.setattr(augmentation, "judge", judge)
+    monkeypatch.setattr(orchestration, "judge", judge)
     assert pickle.loads(progress_file.read_bytes()).batches_done == 2
 
     with caplog.at_level("INFO", logger="ipdrl"):
@@ -206,8 +210,8 @@ def test_a_ratio_sweep_rolls_out_each_batch_once(setup, tmp_path, monkeypatch, c
     batches_small = pickle.loads(small_file.read_bytes()).batches_done
     assert 0 < batches_small < expected[1.0][1]["rollouts"] / CONFIG.branch_batch
 
-    judge, calls = augmentation.judge, []
-    monkeypatch.setattr(augmentation, "judge", lambda *args, **kwargs: calls.append(1) or judge(*args, **kwargs))
+    judge, calls = judge_fn, []
+    monkeypatch.setattr(orchestration, "judge", lambda *args, **kwargs: calls.append(1) or judge(*args, **kwargs))
     for config, own, others in ((large, large_file, [small_file]), (small, tmp_path / "again.pkl", [large_file])):
         calls.clear()
         with caplog.at_level("INFO", logger="ipdrl"):
@@ -252,7 +256,7 @@ def test_branch_candidates_take_each_trajectorys_worst_states(tiny_hopper):
     dataset = tiny_hopper.first_episodes(3)
     delta = np.random.default_rng(0).normal(size=dataset.size)
     config = dataclasses.replace(CONFIG, branch_threshold=None, branch_fraction=0.2)
-    chosen = augmentation.branch_candidates(dataset, delta, config)
+    chosen = branch_candidates(dataset, delta, config)
     assert np.all(np.diff(delta[chosen]) <= 0) and np.all(delta[chosen] > 0)
     episode = dataset.episode_index()
     for e, length in enumerate(dataset.episode_lengths()):
@@ -274,7 +278,7 @@ def test_cli_writes_the_augmented_dataset_and_report(setup, tmp_path):
     run.save_checkpoint(iql.make_learner(iql_config, dataset).init(jax.random.PRNGKey(0)), 0)
     ensemble.save_model(model, tmp_path / "wm")
     out = tmp_path / "out" / "aug.hdf5"
-    assert augmentation.main(["--budget", "tiny", "--dataset", str(data_path), "--iql-run", str(run.path),
+    assert augment_command.main(["--budget", "tiny", "--dataset", str(data_path), "--iql-run", str(run.path),
                               "--world-model", str(tmp_path / "wm"), "--out", str(out), "--no-progress",
                               "--augment.branch-threshold", "-inf"]) == 0
     written = read_d4rl(out)
@@ -285,4 +289,4 @@ def test_cli_writes_the_augmented_dataset_and_report(setup, tmp_path):
     assert (tmp_path / "out" / "aug_report.png").exists()
     not_iql = Run.create(tmp_path / "bc", {"algo": "bc"})
     with pytest.raises(ValueError, match="is a 'bc' run"):
-        augmentation.main(["--dataset", str(data_path), "--iql-run", str(not_iql.path), "--out", str(out)])
+        augment_command.main(["--dataset", str(data_path), "--iql-run", str(not_iql.path), "--out", str(out)])

@@ -101,7 +101,7 @@ def test_bc_top_fraction_keeps_the_best_episodes():
     best = np.sort(dataset.episode_returns())[-3:]
     assert kept.num_episodes == 3 and np.allclose(np.sort(kept.episode_returns()), best)
     with pytest.raises(ValueError, match="top-fraction"):
-        bc.top_episodes(dataset, 0.0)
+        bc.Config(top_fraction=0.0)
 
 
 def bandit(n: int = 2048, seed: int = 0) -> Dataset:

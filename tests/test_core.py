@@ -94,8 +94,8 @@ def test_atomic_write_leaves_old_file_on_failure(tmp_path, monkeypatch):
 def test_envs_names_scores_and_dims():
     assert envs.env_id_for("hopper-medium-replay-v2") == "Hopper-v5"
     assert envs.env_id_for("x", {"env": "HalfCheetah-v5"}) == "HalfCheetah-v5"
-    assert envs.normalized_score("hopper-medium", 3234.3) == pytest.approx(100.0)
-    assert envs.normalized_score("kitchen-complete-v0", 2.0) == pytest.approx(50.0)
+    assert envs.reference_for("hopper-medium").normalize(3234.3) == pytest.approx(100.0)
+    assert envs.reference_for("kitchen-complete-v0").normalize(2.0) == pytest.approx(50.0)
     with pytest.raises(ValueError, match="--env"):
         envs.env_id_for("mystery-data")
     env = envs.make_env("Hopper-v5")
@@ -117,7 +117,7 @@ def test_known_termination_functions_match_gymnasium():
 
 
 def test_cli_lists_commands_and_rejects_unknown(capsys):
-    from ipdrl.cli import main
+    from ipdrl.commands import main
 
     assert main(["--help"]) == 0
     assert "ipdrl train" in capsys.readouterr().out
@@ -160,3 +160,61 @@ def test_jitted_rebrac_init_does_not_deadlock_on_two_cores():
                             text=True, timeout=180, env=dict(os.environ, JAX_PLATFORMS="cpu"))
     assert result.returncode == 0, result.stderr[-2000:]
     assert "initialised" in result.stdout
+
+
+def test_an_algorithm_of_ones_own_registers_and_trains_through_the_pipeline(tmp_path):
+    import dataclasses
+
+    import jax.numpy as jnp
+    import optax
+
+    from ipdrl import pipelines, presets
+    from ipdrl.algos import available, get_algorithm
+    from ipdrl.algos.common import learner_algorithm, mlp_policy, transition_learner
+    from ipdrl.config import FitConfig, RunConfig
+    from ipdrl.networks import DeterministicActor
+    from ipdrl.training import gradient_step
+
+    @dataclasses.dataclass
+    class Config(RunConfig, FitConfig):
+        learning_rate: float = 1e-3
+
+    def make_learner(config, dataset):
+        actor, optimizer = DeterministicActor(dataset.act_dim, (16,)), optax.adam(config.learning_rate)
+
+        def init(key):
+            params = actor.init(key, jnp.zeros((1, dataset.obs_dim)))
+            return {"actor": params, "opt": optimizer.init(params),
+                    "obs_stats": {"mean": jnp.zeros(dataset.obs_dim), "std": jnp.ones(dataset.obs_dim)}}
+
+        def update(state, batch, key):
+            step = gradient_step(lambda p: ((actor.apply(p, batch["observations"]) - batch["actions"]) ** 2).mean(),
+                                 optimizer, state["actor"], state["opt"])
+            return dict(state, actor=step.params, opt=step.opt_state), {"train/loss": step.loss}
+
+        fields = {"observations": dataset.observations, "actions": dataset.actions}
+        return transition_learner(fields, init, update, config.batch_size, mlp_policy(actor.apply))
+
+    learner_algorithm("test-bc", Config, make_learner, "a test algorithm", {"tiny": dict(batch_size=32)})
+    assert "test-bc" in available() and get_algorithm("test-bc").summary == "a test algorithm"
+    config = presets.make_config(get_algorithm("test-bc"), "embedded", "tiny", steps=20, log_every=10,
+                                 eval_episodes=1, run_dir=str(tmp_path / "run"), progress=False)
+    assert config.batch_size == 32
+    results = pipelines.train("test-bc", config)
+    assert results["algo"] == "test-bc" and results["steps"] == 20 and (tmp_path / "run" / "checkpoint.json").exists()
+    with pytest.raises(ValueError, match="unknown algorithm 'nope'"):
+        get_algorithm("nope")
+
+
+def test_flat_flags_of_the_earlier_release_still_set_the_nested_dwm_settings(caplog):
+    from ipdrl.algos import get_algorithm
+    from ipdrl.commands.train import translate_legacy_flags
+
+    dwm = get_algorithm("dwm-mpc")
+    with caplog.at_level("WARNING", logger="ipdrl"):
+        argv = translate_legacy_flags(dwm, ["--horizon", "7", "--model", "diffusion", "--model-lr=1e-4",
+                                            "--model-batch-size", "128", "--steps", "50", "--adapt-lr", "1e-3"])
+    assert argv == ["--planner.horizon", "7", "--model.kind", "diffusion", "--model.learning-rate=1e-4",
+                    "--reward.learning-rate=1e-4", "--model.batch-size=128", "--reward.batch-size=128",
+                    "--rebrac.steps", "50", "--adapt-lr", "1e-3"]
+    assert "--horizon is now --planner.horizon" in caplog.text

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from conftest import DATASETS, FIXTURES, synthetic_dataset
-from ipdrl.cli import main as cli_main
+from ipdrl.commands import main as cli_main
 from ipdrl.data.d4rl import download_d4rl, read_d4rl, resolve_d4rl_name, write_d4rl
 from ipdrl.data.dataset import DatasetError
 from ipdrl.data.loading import describe, load_dataset

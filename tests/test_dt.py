@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from conftest import synthetic_dataset
+from ipdrl import envs
 from ipdrl.algos import dt
 from ipdrl.data.dataset import Dataset, to_device
 from ipdrl.evaluation import evaluate
@@ -216,6 +217,6 @@ def test_dt_policy_runs_in_hopper_evaluation():
     dataset = synthetic_dataset(episodes=4, length=10, obs_dim=11, act_dim=3)
     learner = dt.make_learner(dt.Config(**TINY), dataset)
     params = learner.policy_params(learner.init(jax.random.PRNGKey(0)))
-    result = evaluate(learner.policy, params, "Hopper-v5", episodes=2, seed=0, dataset_name="hopper", max_steps=15)
+    result = evaluate(learner.policy, params, "Hopper-v5", episodes=2, seed=0, reference=envs.reference_for("hopper"), max_steps=15)
     assert len(result["returns"]) == 2 and all(1 <= n <= 15 for n in result["lengths"])
     assert np.isfinite(result["normalized_mean"])

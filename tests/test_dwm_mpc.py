@@ -10,11 +10,13 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from ipdrl.algos import dwm_mpc
+from ipdrl.algos import dwm_models, dwm_mpc
 from ipdrl.data.dataset import Dataset
 from ipdrl.runs import Run
 from ipdrl.training import fit
-from ipdrl.world_models import conditional, diffusion, meanflow, reward
+from ipdrl.planning import policy_ascent
+from ipdrl.planning.policy_ascent import AscentConfig
+from ipdrl.world_models import common, diffusion, generative, meanflow, reward
 
 
 def toy_dataset(n: int = 3000, noise: float = 0.05, seed: int = 0) -> Dataset:
@@ -29,15 +31,15 @@ def toy_dataset(n: int = 3000, noise: float = 0.05, seed: int = 0) -> Dataset:
                    np.zeros(n, bool), timeouts, name="toy")
 
 
-def trained(module, config, dataset, steps: int):
-    return conditional.model_of(fit(module.make_learner(config, dataset), steps, seed=0, log_every=steps))
+def trained(kind, config, dataset, steps: int):
+    return common.model_of(fit(generative.make_learner(kind, config, dataset), steps, seed=0, log_every=steps))
 
 
 # ---- world models -----------------------------------------------------------------------------------------
 def test_diffusion_sampler_is_differentiable_through_the_whole_chain():
     config = diffusion.Config(hidden_dims=(16, 16), denoising_steps=4)
-    net = diffusion.network(config, 2)
-    stats = conditional.transition_stats(toy_dataset(200))
+    net = generative.network(config, 2)
+    stats = generative.transition_stats(toy_dataset(200))
     obs, noise = jnp.array([0.2, -0.4]), jax.random.normal(jax.random.PRNGKey(1), diffusion.noise_shape(config, 2))
     with jax.enable_x64(True):
         # Random weights scaled up so that every reverse step depends visibly on the action.
@@ -61,7 +63,7 @@ def test_diffusion_sampler_is_differentiable_through_the_whole_chain():
 
 def test_meanflow_target_matches_finite_difference_time_derivative():
     config = meanflow.Config(hidden_dims=(16, 16))
-    net = meanflow.network(config, 3)
+    net = generative.network(config, 3)
     keys = jax.random.split(jax.random.PRNGKey(0), 6)
     with jax.enable_x64(True):
         z, v, obs = (jax.random.normal(k, (4, 3), jnp.float64) for k in keys[:3])
@@ -78,24 +80,24 @@ def test_meanflow_target_matches_finite_difference_time_derivative():
 
 def test_meanflow_one_step_sample_fits_a_toy_transition():
     dataset = toy_dataset()
-    train, heldout = conditional.holdout_split(dataset, 0.2, seed=0)
+    train, heldout = common.holdout_split(dataset, 0.2, seed=0)
     config = meanflow.Config(hidden_dims=(64, 64), learning_rate=1e-3, batch_size=128)
-    model = trained(meanflow, config, train, 1000)
-    metrics = meanflow.heldout_metrics(config, model, heldout, jax.random.PRNGKey(1))
+    model = trained(meanflow.MODEL, config, train, 1000)
+    metrics = generative.heldout_metrics(meanflow.MODEL, config, model, heldout, jax.random.PRNGKey(1))
     assert metrics["next_state_mse"] < 0.03 < metrics["copy_baseline_mse"] / 5
     obs, act = jnp.array([[0.3, -0.2]]), jnp.array([[0.5, 0.1]])
     noise = jax.random.normal(jax.random.PRNGKey(2), (500, 1, 2))
-    samples = meanflow.sample(config, conditional.member(model, 0), obs, act, noise)
+    samples = meanflow.sample(config, common.member(model, 0), obs, act, noise)
     np.testing.assert_allclose(samples.mean(0), [0.8, -0.1], atol=0.1)
 
 
 def test_reward_model_fits_a_linear_reward_in_critic_units(tmp_path):
-    train, heldout = conditional.holdout_split(toy_dataset(), 0.2, seed=0)
+    train, heldout = common.holdout_split(toy_dataset(), 0.2, seed=0)
     config = reward.Config(hidden_dims=(32, 32), learning_rate=3e-3)
-    model = conditional.model_of(fit(reward.make_learner(config, train, 2.0, 1.0), 600, seed=0, log_every=300))
+    model = common.model_of(fit(reward.make_learner(config, train, 2.0, 1.0), 600, seed=0, log_every=300))
     metrics = reward.heldout_metrics(config, model, heldout)
     assert metrics["reward_mse"] < 0.02 * metrics["reward_variance"]
-    prediction = reward.predict(config, conditional.member(model, 0), jnp.array([0.5, 0.0]), jnp.array([0.0, -0.25]))
+    prediction = reward.predict(config, common.member(model, 0), jnp.array([0.5, 0.0]), jnp.array([0.0, -0.25]))
     np.testing.assert_allclose(prediction, 2.0 * (0.5 - 0.5) + 1.0, atol=0.15)
     reward.save(tmp_path / "reward_model", config, model, metrics)
     loaded_config, loaded, info = reward.load(tmp_path / "reward_model")
@@ -104,7 +106,7 @@ def test_reward_model_fits_a_linear_reward_in_critic_units(tmp_path):
 
 
 # ---- the inference-time optimiser on an analytic toy ------------------------------------------------------
-def toy_imagination(spread_per_action: float = 0.0, noise_scale: float = 0.0) -> dwm_mpc.Imagination:
+def toy_imagination(spread_per_action: float = 0.0, noise_scale: float = 0.0) -> policy_ascent.Imagination:
     """1-D ``s' = s + a``, reward ``-(s + a)^2``, terminal value ``-s^2``: the optimal action is ``a = -s``.
 
     With ``spread_per_action`` a second member predicts ``s + (1 + k) a``: disagreement grows with |a|;
@@ -113,7 +115,7 @@ def toy_imagination(spread_per_action: float = 0.0, noise_scale: float = 0.0) ->
     def transition(frozen, obs, action, noise):
         obs = obs + noise_scale * noise
         return jnp.stack([obs + action, obs + (1.0 + spread_per_action) * action])
-    return dwm_mpc.Imagination(
+    return policy_ascent.Imagination(
         policy=lambda frozen, actor, obs: jnp.tanh(actor["w"] * obs + actor["b"]),
         reward=lambda frozen, obs, action: -((obs + action) ** 2).sum(-1),
         transition=transition,
@@ -123,8 +125,8 @@ def toy_imagination(spread_per_action: float = 0.0, noise_scale: float = 0.0) ->
     )
 
 
-def toy_config(**changes) -> dwm_mpc.Config:
-    return dwm_mpc.Config(**{"horizon": 3, "particles": 4, "inner_steps": 1, **changes})
+def toy_config(**changes) -> AscentConfig:
+    return AscentConfig(**{"horizon": 3, "particles": 4, "inner_steps": 1, **changes})
 
 
 PRETRAINED = {"w": jnp.zeros(1), "b": jnp.zeros(1)}
@@ -135,7 +137,7 @@ TOY_PARAMS = {"actor": PRETRAINED, "frozen": {}, "lr": jnp.asarray(0.05)}
 def test_objective_equals_particle_by_particle_rollouts(limit):
     imagination = toy_imagination(spread_per_action=0.5, noise_scale=0.3)._replace(
         done=lambda next_obs: (jnp.abs(next_obs[..., 0]) > limit).astype(jnp.float32))
-    config = toy_config(particles=4, ensemble_size=2, disagreement_penalty=0.1)
+    config = toy_config(particles=4, disagreement_penalty=0.1)
     actor, obs = {"w": jnp.array([-0.7]), "b": jnp.array([0.2])}, jnp.array([0.5])
     noise = jax.random.normal(jax.random.PRNGKey(1), (3, 4, 1))
     returns, spreads = [], []
@@ -152,22 +154,22 @@ def test_objective_equals_particle_by_particle_rollouts(limit):
         spreads.append(spread)
     assert len({float(r) for r in returns}) > 1  # the particles differ
     expected = np.mean(returns) - 0.1 * np.mean(spreads)
-    objective = dwm_mpc.planning_objective(imagination, config, actor, {}, actor, obs, noise)
+    objective = policy_ascent.planning_objective(imagination, config, actor, {}, actor, obs, noise)
     np.testing.assert_allclose(objective, expected, rtol=1e-5)
 
 
 def test_adaptation_increases_the_objective_and_finds_the_known_optimum():
     imagination, config, obs = toy_imagination(), toy_config(), jnp.array([0.5])
     noise = jnp.zeros((3, 4, 1))
-    objective = lambda actor: dwm_mpc.planning_objective(imagination, config, actor, {}, PRETRAINED, obs, noise)
+    objective = lambda actor: policy_ascent.planning_objective(imagination, config, actor, {}, PRETRAINED, obs, noise)
     key = jax.random.PRNGKey(0)
-    one_step = dwm_mpc.adapt(imagination, config, {}, PRETRAINED, PRETRAINED, jnp.asarray(0.05), obs, key)
+    one_step = policy_ascent.adapt(imagination, config, {}, PRETRAINED, PRETRAINED, jnp.asarray(0.05), obs, key)
     assert objective(one_step) > objective(PRETRAINED)
     many = dataclasses.replace(config, inner_steps=300)
-    converged = dwm_mpc.adapt(imagination, many, {}, PRETRAINED, PRETRAINED, jnp.asarray(0.05), obs, key)
+    converged = policy_ascent.adapt(imagination, many, {}, PRETRAINED, PRETRAINED, jnp.asarray(0.05), obs, key)
     np.testing.assert_allclose(imagination.policy({}, converged, obs), -obs, atol=0.02)
     with_adam = dataclasses.replace(many, optimizer="adam", inner_steps=1000)
-    adam = dwm_mpc.adapt(imagination, with_adam, {}, PRETRAINED, PRETRAINED, jnp.asarray(0.01), obs, key)
+    adam = policy_ascent.adapt(imagination, with_adam, {}, PRETRAINED, PRETRAINED, jnp.asarray(0.01), obs, key)
     np.testing.assert_allclose(imagination.policy({}, adam, obs), -obs, atol=0.02)
 
 
@@ -175,7 +177,7 @@ def test_carry_mode_keeps_adapted_weights_and_reset_mode_restarts_every_step():
     obs, keys = jnp.array([[0.5], [-0.3]]), jax.random.split(jax.random.PRNGKey(0), 2)
     rewards = jnp.zeros(2)
     for mode in ("carry", "reset"):
-        policy = dwm_mpc.make_policy(toy_imagination(), toy_config(carry=mode))
+        policy = policy_ascent.make_policy(toy_imagination(), toy_config(carry=mode))
         start = policy.init_carry(TOY_PARAMS, 2)  # episode start: every env holds the pretrained weights
         assert all(np.array_equal(leaf, np.zeros((2, 1))) for leaf in jax.tree_util.tree_leaves(start))
         carry, first = policy.act(TOY_PARAMS, start, obs, rewards, keys[0])
@@ -185,7 +187,7 @@ def test_carry_mode_keeps_adapted_weights_and_reset_mode_restarts_every_step():
             assert not np.allclose(carry["w"], 0.0) and not np.allclose(carry["w"][0], carry["w"][1])
             # The toy ignores noise, so two carried steps equal one step of two ascent updates.
             twice = toy_config(inner_steps=2)
-            expected = [toy_imagination().policy({}, dwm_mpc.adapt(toy_imagination(), twice, {}, PRETRAINED,
+            expected = [toy_imagination().policy({}, policy_ascent.adapt(toy_imagination(), twice, {}, PRETRAINED,
                         PRETRAINED, TOY_PARAMS["lr"], o, keys[1]), o) for o in obs]
             np.testing.assert_allclose(from_carry, jnp.stack(expected), rtol=1e-5)
             assert not np.allclose(from_carry, from_start)
@@ -200,34 +202,37 @@ def test_proximity_and_disagreement_penalties_restrain_adaptation():
 
     def adapted(imagination, **changes):
         config = toy_config(inner_steps=50, **changes)
-        return dwm_mpc.adapt(imagination, config, {}, PRETRAINED, PRETRAINED, jnp.asarray(0.05), obs, key)
+        return policy_ascent.adapt(imagination, config, {}, PRETRAINED, PRETRAINED, jnp.asarray(0.05), obs, key)
 
     free, near = adapted(toy_imagination()), adapted(toy_imagination(), proximity_penalty=1.0)
-    assert 0 < dwm_mpc.squared_distance(near, PRETRAINED) < 0.5 * dwm_mpc.squared_distance(free, PRETRAINED)
+    assert 0 < policy_ascent.squared_distance(near, PRETRAINED) < 0.5 * policy_ascent.squared_distance(free, PRETRAINED)
     risky = toy_imagination(spread_per_action=1.0)
-    plain, cautious = adapted(risky), adapted(risky, disagreement_penalty=2.0, ensemble_size=2)
+    plain, cautious = adapted(risky), adapted(risky, disagreement_penalty=2.0)
     action = lambda actor: float(jnp.abs(risky.policy({}, actor, obs))[0])
     assert action(cautious) < action(plain)
 
 
 def test_config_errors_name_the_fix():
-    with pytest.raises(ValueError, match="ensemble-size"):
-        dwm_mpc.check_config(toy_config(disagreement_penalty=1.0))
-    with pytest.raises(ValueError, match="tune-seed-offset"):
-        dwm_mpc.check_config(toy_config(tune=True, tune_seed_offset=3, eval_episodes=10))
+    with pytest.raises(ValueError, match="model.members"):
+        dwm_mpc.Config(planner=AscentConfig(disagreement_penalty=1.0))
+    with pytest.raises(ValueError, match="tuning.seed-offset"):
+        dwm_mpc.Config(tune=True, tuning=dict(seed_offset=3), eval_episodes=10)
     with pytest.raises(ValueError, match="meanflow"):
-        dwm_mpc.check_config(toy_config(model="transformer"))
+        dwm_mpc.Config(model=dict(kind="transformer"))
+    with pytest.raises(ValueError, match="planner.carry"):
+        AscentConfig(carry="sometimes")
 
 
 # ---- the whole pipeline ------------------------------------------------------------------------------------
 def test_pipeline_tiny_on_hopper_end_to_end(tiny_hopper, tmp_path):
     from ipdrl.presets import make_config
 
-    config = make_config(dwm_mpc, "hopper-medium-replay", "tiny", steps=100, model_steps=100, reward_steps=100,
-                         hidden_dims=(32, 32), batch_size=64, eval_episodes=2, tune=True, tune_lrs=(1e-3,),
-                         tune_episodes=2, terminations=True, progress=False, run_dir=str(tmp_path / "run"))
+    config = make_config(dwm_mpc, "hopper-medium-replay", "tiny", rebrac=dict(steps=100, batch_size=64),
+                         model=dict(steps=100), reward=dict(steps=100), eval_episodes=2, tune=True,
+                         tuning=dict(lrs=(1e-3,), episodes=2), terminations=True, progress=False,
+                         run_dir=str(tmp_path / "run"))
     run = Run.create(tmp_path / "run", {"algo": "dwm-mpc", **dataclasses.asdict(config)})
-    results = dwm_mpc.run_pipeline(config, tiny_hopper, run, "Hopper-v5")
+    results = dwm_mpc.train(config, tiny_hopper, run, "Hopper-v5")
     run.save_results(results)
     saved = json.loads((tmp_path / "run" / "results.json").read_text())
     for part in ("base", "adapted"):
@@ -241,8 +246,8 @@ def test_pipeline_tiny_on_hopper_end_to_end(tiny_hopper, tmp_path):
         assert (tmp_path / "run" / name).exists()
     # A second pass finds the saved models (the run is resumable) instead of training them again.
     rows = len(run.metrics())
-    models = dwm_mpc.load_world_models(config, tiny_hopper, run, (1.0, 0.0))
+    models = dwm_models.load_world_models(config, tiny_hopper, run, (1.0, 0.0))
     assert len(run.metrics()) == rows
     assert models.info["transition"]["next_state_mse"] == saved["world_models"]["transition"]["next_state_mse"]
     with pytest.raises(ValueError, match="units"):  # a reward model is only reusable with its critic's scale
-        dwm_mpc.load_world_models(config, tiny_hopper, run, (100.0, 0.0))
+        dwm_models.load_world_models(config, tiny_hopper, run, (100.0, 0.0))

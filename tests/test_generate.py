@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from ipdrl.data import generate as gen
+from ipdrl.data import generator as gen
 from ipdrl.data.d4rl import read_d4rl
 
 TINY = dict(env="Hopper-v5", max_sac_steps=600, start_steps=200, updates_every=10, eval_every=200,

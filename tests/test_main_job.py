@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 
-from ipdrl import cli, presets
+from ipdrl import commands, presets
 from ipdrl.algos import iql
 from ipdrl.data.loading import embedded_files, load_dataset
 
@@ -20,7 +20,7 @@ def test_embedded_dataset_is_small_and_gets_its_family_presets():
 
 def test_run_prints_ipd_dt_iql_table(tmp_path, capsys):
     out = tmp_path / "main"
-    assert cli.main(["run", "--budget", "tiny", "--out", str(out), "--no-progress"]) == 0
+    assert commands.main(["run", "--budget", "tiny", "--out", str(out), "--no-progress"]) == 0
     table = capsys.readouterr().out
     for method in ("| IPD |", "| DT |", "| IQL |"):
         assert method in table

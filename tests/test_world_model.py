@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from ipdrl.data.dataset import Dataset
-from ipdrl.world_models import conditional, ensemble
+from ipdrl.world_models import common, ensemble, ensemble_training
 from ipdrl.world_models.ensemble import EnsembleConfig
 from ipdrl.world_models.uncertainty import disagreement, geometric_js, mean_pairwise_gjs
 
@@ -95,7 +95,7 @@ CONFIG = EnsembleConfig(members=4, elites=3, hidden_dims=(32, 32), batch_size=12
 @pytest.fixture(scope="module")
 def trained():
     dataset = linear_system(3000, seed=0)
-    model, report = ensemble.train_ensemble(dataset, CONFIG, seed=0, progress=False)
+    model, report = ensemble_training.train_ensemble(dataset, CONFIG, seed=0, progress=False)
     return dataset, model, report
 
 
@@ -115,11 +115,11 @@ def test_ensemble_learns_the_linear_system(trained):
 
 def test_elites_are_the_members_with_lowest_heldout_error(trained):
     dataset, model, report = trained
-    _, heldout = conditional.holdout_split(dataset, CONFIG.holdout_fraction, 0)  # the split training used
+    _, heldout = common.holdout_split(dataset, CONFIG.holdout_fraction, 0)  # the split training used
     stats = model["stats"]
-    inputs = (np.concatenate([heldout.observations, heldout.actions], -1) - stats["input_mean"]) / stats["input_std"]
+    inputs = (np.concatenate([heldout.observations, heldout.actions], -1) - stats["inputs"]["mean"]) / stats["inputs"]["std"]
     targets = np.concatenate([heldout.next_observations - heldout.observations, heldout.rewards[:, None]], -1)
-    targets = (targets - stats["target_mean"]) / stats["target_std"]
+    targets = (targets - stats["targets"]["mean"]) / stats["targets"]["std"]
     net = ensemble.member_network(model["config"], OBS_DIM + 1)
     means, _ = jax.vmap(net.apply, in_axes=(0, None))(model["params"], inputs)
     member_mse = np.asarray(((means - targets) ** 2).mean((1, 2)))
@@ -137,8 +137,8 @@ def test_member_step_uses_elite_row_mod_elites(trained):
     sharp = dict(model, params=params)
     obs, actions = np.ones((7, OBS_DIM), np.float32), np.zeros((7, ACT_DIM), np.float32)
     means, _ = ensemble.elite_predictions(sharp, obs, actions)
-    stats = sharp["stats"]
-    expected = obs + np.asarray(stats["target_mean"] + stats["target_std"] * means)[np.arange(7) % 3, np.arange(7), :-1]
+    stats = sharp["stats"]["targets"]
+    expected = obs + np.asarray(stats["mean"] + stats["std"] * means)[np.arange(7) % 3, np.arange(7), :-1]
     next_obs, _, _ = ensemble.member_step(sharp, obs, actions, jax.random.PRNGKey(0))
     np.testing.assert_allclose(next_obs, expected, rtol=1e-5, atol=1e-5)
 
@@ -182,14 +182,14 @@ def test_kappa_is_the_quantile_and_flags_unfamiliar_inputs(trained):
 
 def test_termination_resolution():
     hopper_like = linear_system(100, seed=4, name="hopper-synthetic")
-    resolved = ensemble.resolve_termination(EnsembleConfig(), hopper_like)
+    resolved = ensemble_training.resolve_termination(EnsembleConfig(), hopper_like)
     assert (resolved.termination, resolved.termination_family) == ("known", "hopper")
     unknown = linear_system(100, seed=4)
-    assert ensemble.resolve_termination(EnsembleConfig(), unknown).termination == "learned"
+    assert ensemble_training.resolve_termination(EnsembleConfig(), unknown).termination == "learned"
     no_terminals = unknown.replace(terminals=np.zeros(100, bool))
-    assert ensemble.resolve_termination(EnsembleConfig(), no_terminals).termination == "never"
+    assert ensemble_training.resolve_termination(EnsembleConfig(), no_terminals).termination == "never"
     with pytest.raises(ValueError, match="no known termination"):
-        ensemble.resolve_termination(EnsembleConfig(termination="known"), unknown)
+        ensemble_training.resolve_termination(EnsembleConfig(termination="known"), unknown)
     with pytest.raises(ValueError, match="elites"):
         EnsembleConfig(members=3, elites=4)
     assert dataclasses.replace(CONFIG, members=5).members == 5

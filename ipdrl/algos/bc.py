@@ -14,16 +14,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ipdrl.algos.common import normalize
-from ipdrl.algos.rebrac import deterministic_policy, observation_stats_or_identity
-from ipdrl.config import TrainConfig
-from ipdrl.data.dataset import Dataset, DatasetError, sample_transitions
+from ipdrl.algos.common import learner_algorithm, mlp_policy, transition_learner
+from ipdrl.config import FitConfig, RunConfig, require
+from ipdrl.data.dataset import Dataset, DatasetError
+from ipdrl.data.statistics import normalize, observation_stats
 from ipdrl.networks import DeterministicActor
-from ipdrl.training import Learner
+from ipdrl.training import Learner, gradient_step
 
 
 @dataclasses.dataclass
-class Config(TrainConfig):
+class Hyperparameters(FitConfig):
     """BC hyperparameters (CORL defaults)."""
 
     hidden_dims: tuple[int, ...] = (256, 256)
@@ -32,11 +32,18 @@ class Config(TrainConfig):
     top_fraction: float = 1.0
     """Keep only this fraction of episodes, those with the highest returns (%BC, e.g. 0.1); 1.0 keeps all."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(0.0 < self.top_fraction <= 1.0, f"--top-fraction must be in (0, 1], got {self.top_fraction}.")
+
+
+@dataclasses.dataclass
+class Config(RunConfig, Hyperparameters):
+    """A BC run."""
+
 
 def top_episodes(dataset: Dataset, fraction: float) -> Dataset:
     """The ``fraction`` of whole episodes with the highest undiscounted returns (at least one), in dataset order."""
-    if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"--top-fraction must be in (0, 1], got {fraction}.")
     if fraction == 1.0:
         return dataset
     returns = dataset.episode_returns()
@@ -48,12 +55,12 @@ def top_episodes(dataset: Dataset, fraction: float) -> Dataset:
     return dataset.select(np.flatnonzero(mask))
 
 
-def make_learner(config: Config, dataset: Dataset) -> Learner:
+def make_learner(config: Hyperparameters, dataset: Dataset) -> Learner:
     """The BC learner; statistics and batches come from the kept episodes only."""
     data = top_episodes(dataset, config.top_fraction)
     actor = DeterministicActor(data.act_dim, config.hidden_dims)
     optimizer = optax.adam(config.learning_rate)
-    stats = observation_stats_or_identity(data, config.normalize_observations)
+    stats = {k: jnp.asarray(v) for k, v in observation_stats(data, config.normalize_observations).items()}
 
     def init(key: jax.Array) -> dict:
         params = actor.init(key, jnp.zeros((1, data.obs_dim)))
@@ -65,24 +72,17 @@ def make_learner(config: Config, dataset: Dataset) -> Learner:
         def loss_fn(params):
             return ((actor.apply(params, obs) - batch["actions"]) ** 2).mean()
 
-        loss, grads = jax.value_and_grad(loss_fn)(state["actor"])
-        updates, opt_state = optimizer.update(grads, state["actor_opt"])
-        return dict(state, actor=optax.apply_updates(state["actor"], updates), actor_opt=opt_state), {
-            "train/actor_loss": loss}
+        step = gradient_step(loss_fn, optimizer, state["actor"], state["actor_opt"])
+        return dict(state, actor=step.params, actor_opt=step.opt_state), {"train/actor_loss": step.loss}
 
-    return Learner(
-        fields={"observations": data.observations.astype(np.float32), "actions": data.actions.astype(np.float32)},
-        init=init,
-        update=update,
-        sample=lambda fields, key: sample_transitions(fields, key, config.batch_size),
-        policy=deterministic_policy(actor),
-        policy_params=lambda state: {"actor": state["actor"], "obs_stats": state["obs_stats"]},
-    )
+    fields = {"observations": data.observations.astype(np.float32), "actions": data.actions.astype(np.float32)}
+    return transition_learner(fields, init, update, config.batch_size, mlp_policy(actor.apply))
 
 
-# "cpu": about 10 minutes on one core of the 2-core development machine (measured ~540 updates/s, hopper).
 BUDGETS = {
     "tiny": dict(hidden_dims=(32, 32), batch_size=64),
     "cpu": dict(steps=300_000),
     "paper": dict(steps=1_000_000),
 }
+ALGORITHM = learner_algorithm("bc", Config, make_learner, "Behaviour cloning (BC, and %BC with --top-fraction).",
+                              BUDGETS)

@@ -19,15 +19,17 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ipdrl.algos.common import normalize, observation_stats
-from ipdrl.config import TrainConfig
+from ipdrl.algos.common import learner_algorithm
+from ipdrl.config import FitConfig, RunConfig, require
 from ipdrl.data.dataset import Dataset, Fields, sample_segments, segment_fields
-from ipdrl.training import Learner, Params, Policy
+from ipdrl.data.statistics import normalize, observation_stats
+from ipdrl.evaluation import Params, Policy
+from ipdrl.training import Learner, gradient_step
 from ipdrl.transformer import DecisionTransformer
 
 
 @dataclasses.dataclass
-class Config(TrainConfig):
+class Hyperparameters(FitConfig):
     """Decision Transformer hyperparameters (CORL defaults)."""
 
     steps: int = 100_000
@@ -56,11 +58,22 @@ class Config(TrainConfig):
     normalize_observations: bool = True
     """Feed observations standardised by the dataset's mean and std."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.context_length >= 1 and self.num_layers >= 1 and self.embed_dim % self.num_heads == 0,
+                f"need --context-length >= 1, --num-layers >= 1 and --embed-dim divisible by --num-heads; got "
+                f"{self.context_length}, {self.num_layers}, {self.embed_dim} and {self.num_heads}.")
+        require(self.return_scale > 0, f"--return-scale must be > 0, got {self.return_scale}.")
+
+
+@dataclasses.dataclass
+class Config(RunConfig, Hyperparameters):
+    """A Decision Transformer run."""
+
 
 BUDGETS = {
     "tiny": dict(context_length=5, embed_dim=32, num_layers=1, batch_size=16, warmup_steps=20),
-    # Measured on the idle 2-core family-26 EPYC, batch 64: 2 layers of width 64 with K 10 cost 0.96 GFLOP per update
-    # and run at 130 updates/s; the CORL network (3 layers of width 128, K 20) costs 12.4 GFLOP and runs at 14.6/s.
+    # A 2-layer, width-64, K-10 network costs 1/13 of the CORL one's FLOPs per update (benchmarks/speed.py).
     "cpu": dict(steps=10_000, context_length=10, embed_dim=64, num_layers=2, warmup_steps=1000),
     "paper": dict(steps=100_000),
 }
@@ -104,17 +117,17 @@ class Critic(NamedTuple):
     finetune: Learner | None = None
 
 
-def classic_returns(config: Config, dataset: Dataset) -> ReturnTokens:
+def classic_returns(config: Hyperparameters, dataset: Dataset) -> ReturnTokens:
     """Undiscounted returns-to-go in raw reward units; acting decrements ``target_return`` by observed rewards."""
     return ReturnTokens(labels=dataset.returns_to_go(1.0), timesteps=dataset.timesteps(), target=config.target_return)
 
 
-def network(config: Config, act_dim: int) -> DecisionTransformer:
+def network(config: Hyperparameters, act_dim: int) -> DecisionTransformer:
     return DecisionTransformer(act_dim, config.embed_dim, config.num_layers, config.num_heads, config.dropout,
                                config.max_timestep)
 
 
-def optimizer(config: Config) -> optax.GradientTransformation:
+def optimizer(config: Hyperparameters) -> optax.GradientTransformation:
     """AdamW with linear warm-up and global-norm clipping (as CORL)."""
     warmup = lambda count: config.learning_rate * jnp.minimum((count + 1) / max(config.warmup_steps, 1), 1.0)
     return optax.chain(optax.clip_by_global_norm(config.grad_clip),
@@ -134,7 +147,7 @@ def value_guidance(q: jax.Array, mask: jax.Array) -> jax.Array:
 CRITIC_PREFIX = "critic/"
 
 
-def make_learner(config: Config, dataset: Dataset, returns: ReturnTokens | None = None, critic: Critic | None = None,
+def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnTokens | None = None, critic: Critic | None = None,
                  alpha: float = 0.0, loss_mask: np.ndarray | None = None) -> Learner:
     """The sequence-policy learner. Defaults give the classic DT; IPD passes discounted value-unit ``returns``,
     its IQL ``critic`` and ``alpha`` (loss = MSE(a_hat, a) - alpha * Q(s, a_hat) / mean|Q|). ``loss_mask`` (one
@@ -146,13 +159,10 @@ def make_learner(config: Config, dataset: Dataset, returns: ReturnTokens | None 
     if len(returns.labels) != dataset.size or len(returns.timesteps) != dataset.size:
         raise ValueError(f"return labels ({len(returns.labels)}) and timesteps ({len(returns.timesteps)}) must have "
                          f"one entry per transition ({dataset.size}).")
-    if config.context_length < 1 or config.num_layers < 1 or config.embed_dim % config.num_heads:
-        raise ValueError("context_length and num_layers must be >= 1 and embed_dim divisible by num_heads.")
     obs_dim, act_dim, length = dataset.obs_dim, dataset.act_dim, config.context_length
     model = network(config, act_dim)
     opt = optimizer(config)
-    stats = observation_stats(dataset) if config.normalize_observations else {
-        "mean": np.zeros(obs_dim, np.float32), "std": np.ones(obs_dim, np.float32)}
+    stats = observation_stats(dataset, config.normalize_observations)
     finetune = critic.finetune if critic is not None else None
 
     fields = {
@@ -210,12 +220,12 @@ def make_learner(config: Config, dataset: Dataset, returns: ReturnTokens | None 
             guidance = value_guidance(critic.q_value(critic_state, batch["observations"], predicted), mask)
             return mse - alpha * guidance, {"train/action_mse": mse, "train/q_normalized": guidance}
 
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["params"])
-        updates, opt_state = opt.update(grads, state["opt"], state["params"])
-        new_state = dict(state, params=optax.apply_updates(state["params"], updates), opt=opt_state)
+        step = gradient_step(loss_fn, opt, state["params"], state["opt"], has_aux=True)
+        new_state = dict(state, params=step.params, opt=step.opt_state)
         if finetune is not None:
             new_state["critic"] = critic_state
-        return new_state, {"train/loss": loss, **aux, "train/grad_norm": optax.tree.norm(grads), **metrics}
+        return new_state, {"train/loss": step.loss, **step.aux, "train/grad_norm": optax.tree.norm(step.grads),
+                           **metrics}
 
     def policy_params(state: dict) -> Params:
         return {k: state[k] for k in ("params", "obs_stats", "return_target", "critic") if k in state}
@@ -277,3 +287,7 @@ def sequence_policy(model: DecisionTransformer, length: int, return_scale: float
         return dict(window, target=target, step=step + 1), action
 
     return Policy(init_carry=init_carry, act=act)
+
+
+ALGORITHM = learner_algorithm("dt", Config, make_learner, "Decision Transformer (Chen et al. 2021).", BUDGETS,
+                              PRESETS)

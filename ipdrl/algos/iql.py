@@ -1,7 +1,7 @@
 """IQL — Implicit Q-Learning (Kostrikov et al. 2021), as in the official JAX code.
 
 Expectile value regression, twin-Q TD learning against V(s'), and advantage-weighted regression (AWR) for the
-policy. IPD reuses the trained critic, value and AWR policy (:func:`q_value`, :func:`value`, :func:`awr_mean`).
+policy. IPD reuses the trained critic, value and AWR policy (:func:`q_value`, :func:`value`, :func:`awr_distribution`).
 """
 
 from __future__ import annotations
@@ -10,18 +10,19 @@ import dataclasses
 
 import jax
 import jax.numpy as jnp
-import numpy as np
-import optax
 
-from ipdrl.algos.common import adam, locomotion_reward_scale, normalize, observation_stats
-from ipdrl.config import TrainConfig
-from ipdrl.data.dataset import Dataset, sample_transitions, transition_fields
+from ipdrl.algos.common import adam, learner_algorithm, mlp_policy, transition_learner
+from ipdrl.config import FitConfig, RunConfig, require
+from ipdrl.data.dataset import Dataset, transition_fields
+from ipdrl.data.statistics import locomotion_reward_scale, normalize, observation_stats
 from ipdrl.networks import EnsembleCritic, GaussianActor, ValueFunction, gaussian_log_prob, polyak
-from ipdrl.training import Learner, stateless_policy
+from ipdrl.training import Learner, gradient_step
+
+REWARD_MODES = ("locomotion", "antmaze", "none")
 
 
 @dataclasses.dataclass
-class Config(TrainConfig):
+class Hyperparameters(FitConfig):
     """IQL hyperparameters (official locomotion defaults)."""
 
     hidden_dims: tuple[int, ...] = (256, 256)
@@ -42,24 +43,31 @@ class Config(TrainConfig):
     normalize_observations: bool = False
     actor_cosine_decay: bool = True
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.reward_mode in REWARD_MODES,
+                f"unknown --reward-mode {self.reward_mode!r}: use locomotion, antmaze or none.")
+        require(0.0 < self.expectile < 1.0, f"--expectile must be in (0, 1), got {self.expectile}.")
+
+
+@dataclasses.dataclass
+class Config(RunConfig, Hyperparameters):
+    """An IQL run."""
+
 
 def expectile_loss(diff: jax.Array, expectile: float) -> jax.Array:
     weight = jnp.where(diff > 0, expectile, 1.0 - expectile)
     return weight * diff**2
 
 
-def reward_transform(config: Config, dataset: Dataset) -> tuple[float, float]:
+def reward_transform(config: Hyperparameters, dataset: Dataset) -> tuple[float, float]:
     """(scale, shift) applied to rewards as ``r * scale + shift``."""
     if config.reward_mode == "locomotion":
         return locomotion_reward_scale(dataset), 0.0
-    if config.reward_mode == "antmaze":
-        return 1.0, -1.0
-    if config.reward_mode == "none":
-        return 1.0, 0.0
-    raise ValueError(f"unknown reward_mode {config.reward_mode!r}: use locomotion, antmaze or none.")
+    return (1.0, -1.0) if config.reward_mode == "antmaze" else (1.0, 0.0)
 
 
-def networks(config: Config, act_dim: int):
+def networks(config: Hyperparameters, act_dim: int):
     return (
         EnsembleCritic(config.hidden_dims, num=2),
         ValueFunction(config.hidden_dims),
@@ -68,32 +76,31 @@ def networks(config: Config, act_dim: int):
 
 
 # ---- functions of a trained IQL state (reused by IPD) ------------------------------------------------
-def q_value(config: Config, state: dict, obs: jax.Array, action: jax.Array) -> jax.Array:
+def q_value(config: Hyperparameters, state: dict, obs: jax.Array, action: jax.Array) -> jax.Array:
     """min(Q1, Q2)(s, a) of the target critic, in scaled-reward units."""
     critic, _, _ = networks(config, action.shape[-1])
     obs = normalize(obs, state["obs_stats"])
     return critic.apply(state["critic_target"], obs, action).min(0)
 
 
-def value(config: Config, state: dict, obs: jax.Array) -> jax.Array:
+def value(config: Hyperparameters, state: dict, obs: jax.Array) -> jax.Array:
     """V(s), in scaled-reward units."""
     _, value_net, _ = networks(config, 1)
     return value_net.apply(state["value"], normalize(obs, state["obs_stats"]))
 
 
-def awr_distribution(config: Config, state: dict, obs: jax.Array, act_dim: int) -> tuple[jax.Array, jax.Array]:
+def awr_distribution(config: Hyperparameters, state: dict, obs: jax.Array, act_dim: int) -> tuple[jax.Array, jax.Array]:
     """(mean, log_std) of the AWR policy (the MPC proposal prior in IPD)."""
     _, _, actor = networks(config, act_dim)
     return actor.apply(state["actor"], normalize(obs, state["obs_stats"]))
 
 
 # ---- learner --------------------------------------------------------------------------------------------
-def make_learner(config: Config, dataset: Dataset) -> Learner:
+def make_learner(config: Hyperparameters, dataset: Dataset) -> Learner:
     obs_dim, act_dim = dataset.obs_dim, dataset.act_dim
     critic, value_net, actor = networks(config, act_dim)
     scale, shift = reward_transform(config, dataset)
-    stats = observation_stats(dataset) if config.normalize_observations else {
-        "mean": np.zeros(obs_dim, np.float32), "std": np.ones(obs_dim, np.float32)}
+    stats = observation_stats(dataset, config.normalize_observations)
     critic_opt = adam(config.critic_lr)
     value_opt = adam(config.value_lr)
     actor_opt = adam(config.actor_lr, config.steps if config.actor_cosine_decay else None)
@@ -127,9 +134,8 @@ def make_learner(config: Config, dataset: Dataset) -> Learner:
             v = value_net.apply(params, obs)
             return expectile_loss(target_q - v, config.expectile).mean(), v
 
-        (value_loss, v), value_grads = jax.value_and_grad(value_loss_fn, has_aux=True)(state["value"])
-        value_updates, value_opt_state = value_opt.update(value_grads, state["value_opt"])
-        value_params = optax.apply_updates(state["value"], value_updates)
+        value = gradient_step(value_loss_fn, value_opt, state["value"], state["value_opt"], has_aux=True)
+        v = value.aux
 
         # Actor: AWR with the pre-update value (as in the official code).
         weights = jnp.minimum(jnp.exp(config.temperature * (target_q - v)), config.max_weight)
@@ -138,58 +144,44 @@ def make_learner(config: Config, dataset: Dataset) -> Learner:
             mean, log_std = actor.apply(params, obs, train=True, rngs={"dropout": key})
             return -(weights * gaussian_log_prob(mean, log_std, actions)).mean()
 
-        actor_loss, actor_grads = jax.value_and_grad(actor_loss_fn)(state["actor"])
-        actor_updates, actor_opt_state = actor_opt.update(actor_grads, state["actor_opt"], state["actor"])
-        actor_params = optax.apply_updates(state["actor"], actor_updates)
+        policy = gradient_step(actor_loss_fn, actor_opt, state["actor"], state["actor_opt"])
 
         # Critic: TD towards r + gamma * V(s') with the updated value.
-        next_v = value_net.apply(value_params, next_obs)
+        next_v = value_net.apply(value.params, next_obs)
         td_target = batch["rewards"] + config.discount * (1.0 - batch["dones"]) * next_v
 
         def critic_loss_fn(params):
             q = critic.apply(params, obs, actions)
             return ((q - td_target) ** 2).mean(), q
 
-        (critic_loss, q), critic_grads = jax.value_and_grad(critic_loss_fn, has_aux=True)(state["critic"])
-        critic_updates, critic_opt_state = critic_opt.update(critic_grads, state["critic_opt"])
-        critic_params = optax.apply_updates(state["critic"], critic_updates)
+        critic_step = gradient_step(critic_loss_fn, critic_opt, state["critic"], state["critic_opt"], has_aux=True)
+        q = critic_step.aux
 
         new_state = dict(
             state,
-            critic=critic_params,
-            critic_target=polyak(state["critic_target"], critic_params, config.tau),
-            value=value_params,
-            actor=actor_params,
-            critic_opt=critic_opt_state,
-            value_opt=value_opt_state,
-            actor_opt=actor_opt_state,
+            critic=critic_step.params,
+            critic_target=polyak(state["critic_target"], critic_step.params, config.tau),
+            value=value.params,
+            actor=policy.params,
+            critic_opt=critic_step.opt_state,
+            value_opt=value.opt_state,
+            actor_opt=policy.opt_state,
         )
         metrics = {
-            "train/critic_loss": critic_loss,
-            "train/value_loss": value_loss,
-            "train/actor_loss": actor_loss,
+            "train/critic_loss": critic_step.loss,
+            "train/value_loss": value.loss,
+            "train/actor_loss": policy.loss,
             "train/q_mean": q.mean(),
             "train/v_mean": v.mean(),
             "train/adv_weight_mean": weights.mean(),
         }
         return new_state, metrics
 
-    def act(params: dict, obs: jax.Array, key: jax.Array) -> jax.Array:
-        mean, _ = actor.apply(params["actor"], normalize(obs, params["obs_stats"]))
-        return mean
-
-    return Learner(
-        fields=transition_fields(dataset, scale, shift),
-        init=init,
-        update=update,
-        sample=lambda fields, key: sample_transitions(fields, key, config.batch_size),
-        policy=stateless_policy(act),
-        policy_params=lambda state: {"actor": state["actor"], "obs_stats": state["obs_stats"]},
-    )
+    return transition_learner(transition_fields(dataset, scale, shift), init, update, config.batch_size,
+                              mlp_policy(lambda params, obs: actor.apply(params, obs)[0]))
 
 
 # ---- presets ------------------------------------------------------------------------------------------------
-# "cpu": about 10 minutes on one core of the 2-core development machine (measured ~115 updates/s, hopper).
 BUDGETS = {
     "tiny": dict(hidden_dims=(32, 32), batch_size=64),
     "cpu": dict(steps=70_000),
@@ -203,3 +195,5 @@ PRESETS = {
     "antmaze": dict(expectile=0.9, temperature=10.0, reward_mode="antmaze"),
     **{domain: dict(_DEXTEROUS) for domain in ("kitchen", "pen", "hammer", "door", "relocate")},
 }
+ALGORITHM = learner_algorithm("iql", Config, make_learner, "IQL: implicit Q-learning (Kostrikov et al. 2021).",
+                              BUDGETS, PRESETS)

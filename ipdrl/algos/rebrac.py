@@ -13,7 +13,7 @@ configuration of this learner. The networks are the library's shared MLPs (ortho
 activation), not the reference's PyTorch-style init with LayerNorm after the ReLU. DWM-MPC reuses :func:`networks`, :func:`actor_apply` and :func:`q_min`.
 
 Budgets: ``paper`` is the reference (batch 1024, 1M updates); ``cpu`` trades batch 1024 for 256 to afford four
-times the updates in about ten minutes on a CPU core; ``tiny`` is for tests.
+times the updates in the same time on a CPU core; ``tiny`` is for tests.
 
 State (a dict): actor, actor_target, critic, critic_target, actor_opt, critic_opt, obs_stats {mean, std},
 reward_scale [scale, shift], step. Policy parameters for evaluation: {actor, obs_stats}.
@@ -29,15 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from ipdrl.algos.common import normalize, observation_stats
-from ipdrl.config import TrainConfig
-from ipdrl.data.dataset import Dataset, sample_transitions, transition_fields
+from ipdrl.algos.common import learner_algorithm, mlp_policy, transition_learner
+from ipdrl.config import FitConfig, RunConfig, require
+from ipdrl.data.dataset import Dataset, transition_fields
+from ipdrl.data.statistics import normalize, observation_stats
 from ipdrl.networks import DeterministicActor, EnsembleCritic, polyak
-from ipdrl.training import Learner, Policy, stateless_policy
+from ipdrl.training import Learner, gradient_step
 
 
 @dataclasses.dataclass
-class Config(TrainConfig):
+class Hyperparameters(FitConfig):
     """ReBRAC hyperparameters (reference Gym defaults; per-dataset actor_bc/critic_bc in PRESETS)."""
 
     batch_size: int = 1024
@@ -72,21 +73,24 @@ class Config(TrainConfig):
     reward_scale: float = 1.0
     """Rewards are multiplied by this (100 on AntMaze, with discount 0.999)."""
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.bc_reduction in ("sum", "mean"), f"unknown --bc-reduction {self.bc_reduction!r}: use 'sum' or 'mean'.")
+        require(self.actor_q in ("min", "first"), f"unknown --actor-q {self.actor_q!r}: use 'min' or 'first'.")
+        require(self.policy_freq >= 1, f"--policy-freq must be at least 1, got {self.policy_freq}.")
+        require(bool(self.hidden_dims),
+                "--hidden-dims needs at least one layer width, e.g. --hidden-dims 256 256 256.")
 
-def check_config(config: Config) -> None:
-    """Reject settings the learner cannot use, naming the fix."""
-    if config.bc_reduction not in ("sum", "mean"):
-        raise ValueError(f"unknown --bc-reduction {config.bc_reduction!r}: use 'sum' or 'mean'.")
-    if config.actor_q not in ("min", "first"):
-        raise ValueError(f"unknown --actor-q {config.actor_q!r}: use 'min' or 'first'.")
-    if config.policy_freq < 1:
-        raise ValueError(f"--policy-freq must be at least 1, got {config.policy_freq}.")
-    if not config.hidden_dims:
-        raise ValueError("--hidden-dims needs at least one layer width, e.g. --hidden-dims 256 256 256.")
+
+@dataclasses.dataclass
+class Config(RunConfig, Hyperparameters):
+    """A ReBRAC run."""
+
+
 
 
 # ---- pure helpers (reused by BC, TD3+BC and DWM-MPC) ------------------------------------------------------
-def networks(config: Config, act_dim: int) -> tuple[DeterministicActor, EnsembleCritic]:
+def networks(config: Hyperparameters, act_dim: int) -> tuple[DeterministicActor, EnsembleCritic]:
     """The actor and the twin critics."""
     return (
         DeterministicActor(act_dim, config.hidden_dims, layer_norm=config.actor_layer_norm),
@@ -94,38 +98,26 @@ def networks(config: Config, act_dim: int) -> tuple[DeterministicActor, Ensemble
     )
 
 
-def actor_act_dim(config: Config, actor_params: dict) -> int:
+def actor_act_dim(config: Hyperparameters, actor_params: dict) -> int:
     """The action dimension a set of actor parameters was built for (its output layer's width)."""
     return actor_params["params"]["MLP_0"][f"Dense_{len(config.hidden_dims)}"]["bias"].shape[-1]
 
 
-def actor_apply(config: Config, actor_params: dict, obs_normalized: jax.Array) -> jax.Array:
+def actor_apply(config: Hyperparameters, actor_params: dict, obs_normalized: jax.Array) -> jax.Array:
     """pi(s) in [-1, 1] for already normalised observations (differentiable in ``actor_params``)."""
     actor, _ = networks(config, actor_act_dim(config, actor_params))
     return actor.apply(actor_params, obs_normalized)
 
 
-def q_min(config: Config, state: dict, obs: jax.Array, actions: jax.Array) -> jax.Array:
+def q_min(config: Hyperparameters, state: dict, obs: jax.Array, actions: jax.Array) -> jax.Array:
     """min(Q1, Q2)(s, a) of the online critic for RAW observations, in scaled-reward units."""
     _, critic = networks(config, actions.shape[-1])
     return critic.apply(state["critic"], normalize(obs, state["obs_stats"]), actions).min(0)
 
 
-def reward_transform(config: Config, dataset: Dataset) -> tuple[float, float]:
+def reward_transform(config: Hyperparameters, dataset: Dataset) -> tuple[float, float]:
     """(scale, shift) applied to rewards as ``r * scale + shift``: ReBRAC only scales (by 100 on AntMaze)."""
     return config.reward_scale, 0.0
-
-
-def observation_stats_or_identity(dataset: Dataset, enabled: bool) -> dict[str, jax.Array]:
-    """Dataset mean/std when ``enabled``, else (0, 1) so that normalising is the identity."""
-    stats = observation_stats(dataset) if enabled else {
-        "mean": np.zeros(dataset.obs_dim, np.float32), "std": np.ones(dataset.obs_dim, np.float32)}
-    return {k: jnp.asarray(v) for k, v in stats.items()}
-
-
-def deterministic_policy(actor: DeterministicActor) -> Policy:
-    """The acting policy of a deterministic actor; its params are ``{"actor", "obs_stats"}``."""
-    return stateless_policy(lambda params, obs, key: actor.apply(params["actor"], normalize(obs, params["obs_stats"])))
 
 
 def next_actions(dataset: Dataset) -> np.ndarray:
@@ -137,14 +129,13 @@ def next_actions(dataset: Dataset) -> np.ndarray:
 
 
 # ---- learner ------------------------------------------------------------------------------------------------
-def make_learner(config: Config, dataset: Dataset) -> Learner:
+def make_learner(config: Hyperparameters, dataset: Dataset) -> Learner:
     """The ReBRAC (or, configured so, TD3+BC) learner for ``dataset``."""
-    check_config(config)
     obs_dim, act_dim = dataset.obs_dim, dataset.act_dim
     actor, critic = networks(config, act_dim)
     actor_opt, critic_opt = optax.adam(config.actor_lr), optax.adam(config.critic_lr)
     scale, shift = reward_transform(config, dataset)
-    stats = observation_stats_or_identity(dataset, config.normalize_observations)
+    stats = {k: jnp.asarray(v) for k, v in observation_stats(dataset, config.normalize_observations).items()}
     bc_distance = lambda x, y: (jnp.sum if config.bc_reduction == "sum" else jnp.mean)((x - y) ** 2, axis=-1)
 
     def init(key: jax.Array) -> dict:
@@ -178,10 +169,10 @@ def make_learner(config: Config, dataset: Dataset) -> Learner:
             q = critic.apply(params, obs, batch["actions"])
             return ((q - target) ** 2).mean(1).sum(0), q  # each critic's MSE, summed as in TD3
 
-        (loss, q), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["critic"])
-        updates, opt_state = critic_opt.update(grads, state["critic_opt"])
-        state = dict(state, critic=optax.apply_updates(state["critic"], updates), critic_opt=opt_state)
-        return state, {"train/critic_loss": loss, "train/q_mean": q.mean(), "train/target_q_mean": target.mean()}
+        step = gradient_step(loss_fn, critic_opt, state["critic"], state["critic_opt"], has_aux=True)
+        state = dict(state, critic=step.params, critic_opt=step.opt_state)
+        return state, {"train/critic_loss": step.loss, "train/q_mean": step.aux.mean(),
+                       "train/target_q_mean": target.mean()}
 
     def actor_q(critic_params: dict, obs: jax.Array, pi: jax.Array) -> jax.Array:
         if config.actor_q == "min":
@@ -198,14 +189,13 @@ def make_learner(config: Config, dataset: Dataset) -> Learner:
             bc = bc_distance(pi, actions)
             return (config.actor_bc * bc - config.alpha * q_scale * q).mean(), bc.mean()
 
-        (loss, bc), grads = jax.value_and_grad(loss_fn, has_aux=True)(state["actor"])
-        updates, opt_state = actor_opt.update(grads, state["actor_opt"])
-        actor_params = optax.apply_updates(state["actor"], updates)
+        step = gradient_step(loss_fn, actor_opt, state["actor"], state["actor_opt"], has_aux=True)
+        loss, bc = step.loss, step.aux
         state = dict(
             state,
-            actor=actor_params,
-            actor_opt=opt_state,
-            actor_target=polyak(state["actor_target"], actor_params, config.tau),
+            actor=step.params,
+            actor_opt=step.opt_state,
+            actor_target=polyak(state["actor_target"], step.params, config.tau),
             critic_target=polyak(state["critic_target"], state["critic"], config.tau),
         )
         # Scaled so that the chunk mean (over all steps, 1 in policy_freq of them here) is the mean per actor step.
@@ -223,19 +213,11 @@ def make_learner(config: Config, dataset: Dataset) -> Learner:
 
     fields = transition_fields(dataset, scale, shift)
     fields["next_actions"] = next_actions(dataset)
-    return Learner(
-        fields=fields,
-        init=init,
-        update=update,
-        sample=lambda fields, key: sample_transitions(fields, key, config.batch_size),
-        policy=deterministic_policy(actor),
-        policy_params=lambda state: {"actor": state["actor"], "obs_stats": state["obs_stats"]},
-    )
+    return transition_learner(fields, init, update, config.batch_size, mlp_policy(actor.apply))
 
 
 # ---- presets ------------------------------------------------------------------------------------------------
-# "cpu": about 10 minutes of updates on one core of the 2-core development machine (measured ~15 updates/s at
-# batch 1024 and ~63/s at batch 256, process CPU time, hopper): batch 256 buys 4x the gradient steps.
+# "cpu" trades batch 1024 for 256 to afford four times the gradient steps in the same time.
 BUDGETS = {
     "tiny": dict(hidden_dims=(32, 32), batch_size=64),
     "cpu": dict(steps=40_000, batch_size=256),
@@ -256,3 +238,6 @@ PRESETS = {
     **{f"{env}-{data}": dict(actor_bc=beta1, critic_bc=beta2)
        for env, table in _BETAS.items() for data, (beta1, beta2) in table.items()},
 }
+ALGORITHM = learner_algorithm("rebrac", Config, make_learner,
+                              "ReBRAC: revisited behaviour-regularised actor-critic (Tarasov et al. 2023).", BUDGETS,
+                              PRESETS)

@@ -14,10 +14,12 @@ import dataclasses
 from typing import Literal
 
 from ipdrl.algos import rebrac
+from ipdrl.algos.common import learner_algorithm
+from ipdrl.config import RunConfig
 
 
 @dataclasses.dataclass
-class Config(rebrac.Config):
+class Hyperparameters(rebrac.Hyperparameters):
     """TD3+BC hyperparameters (the paper's defaults, for every D4RL Gym dataset)."""
 
     batch_size: int = 256
@@ -35,11 +37,16 @@ class Config(rebrac.Config):
     normalize_observations: bool = True
 
 
+@dataclasses.dataclass
+class Config(RunConfig, Hyperparameters):
+    """A TD3+BC run."""
+
+
 make_learner = rebrac.make_learner
 
-# "cpu": about 10 minutes on one core of the 2-core development machine (measured ~145 updates/s, hopper).
 BUDGETS = {
     "tiny": dict(hidden_dims=(32, 32), batch_size=64),
     "cpu": dict(steps=80_000),
     "paper": dict(steps=1_000_000),
 }
+ALGORITHM = learner_algorithm("td3bc", Config, make_learner, "TD3+BC (Fujimoto & Gu 2021).", BUDGETS)

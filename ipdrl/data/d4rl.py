@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -14,7 +13,7 @@ import h5py
 import numpy as np
 
 from ipdrl.data.dataset import Dataset, DatasetError
-from ipdrl.runs import atomic_replace
+from ipdrl.storage import atomic_path, json_default
 
 REQUIRED_KEYS = ("observations", "actions", "rewards", "terminals")
 D4RL_URL = "http://rail.eecs.berkeley.edu/datasets/offline_rl/gym_mujoco_v2/{env}_{level}-v2.hdf5"
@@ -83,6 +82,15 @@ def read_d4rl(path: str | Path, name: str | None = None) -> Dataset:
         metadata=metadata,
         name=name or metadata.get("name") or path.stem,
     )
+
+
+def read_metadata(path: str | Path) -> dict[str, Any]:
+    """Only the ``metadata/*`` of a D4RL file (cheap: no arrays are read); {} when it is unreadable."""
+    try:
+        with h5py.File(path, "r") as handle:
+            return _read_metadata(handle)
+    except OSError:
+        return {}
 
 
 def _read_array(handle: h5py.File, key: str) -> np.ndarray:
@@ -168,39 +176,22 @@ def write_d4rl(dataset: Dataset, path: str | Path, compression: str | None = "gz
     are also written as ``metadata/<key>`` for D4RL-style readers.
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     shuffle = compression is not None  # byte-shuffling before gzip shrinks float arrays by about a tenth
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        with h5py.File(tmp, "w") as handle:
-            for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
-                handle.create_dataset(key, data=getattr(dataset, key), compression=compression, shuffle=shuffle)
-            for key, value in dataset.infos.items():
-                handle.create_dataset(f"infos/{key}", data=value, compression=compression, shuffle=shuffle)
-            metadata = {"name": dataset.name, **dict(dataset.metadata)}
-            handle.create_dataset("metadata/ipdrl", data=json.dumps(metadata, default=_json_default))
-            for key, value in metadata.items():
-                if key == "ipdrl" or "/" in key:
-                    continue
-                if isinstance(value, (dict, list)):
-                    handle.create_dataset(f"metadata/{key}", data=json.dumps(value, default=_json_default))
-                elif isinstance(value, (str, int, float, bool)):
-                    handle.create_dataset(f"metadata/{key}", data=value)
-        atomic_replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with atomic_path(path) as tmp, h5py.File(tmp, "w") as handle:
+        for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
+            handle.create_dataset(key, data=getattr(dataset, key), compression=compression, shuffle=shuffle)
+        for key, value in dataset.infos.items():
+            handle.create_dataset(f"infos/{key}", data=value, compression=compression, shuffle=shuffle)
+        metadata = {"name": dataset.name, **dict(dataset.metadata)}
+        handle.create_dataset("metadata/ipdrl", data=json.dumps(metadata, default=json_default))
+        for key, value in metadata.items():
+            if key == "ipdrl" or "/" in key:
+                continue
+            if isinstance(value, (dict, list)):
+                handle.create_dataset(f"metadata/{key}", data=json.dumps(value, default=json_default))
+            elif isinstance(value, (str, int, float, bool)):
+                handle.create_dataset(f"metadata/{key}", data=value)
     return path
-
-
-def _json_default(obj: Any) -> Any:
-    if isinstance(obj, (np.generic,)):
-        return obj.item()
-    if isinstance(obj, np.ndarray):
-        return obj.tolist()
-    return str(obj)
 
 
 # ---- official names and download ---------------------------------------------------------------------------
@@ -229,10 +220,8 @@ def download_d4rl(name: str, cache_dir: str | Path | None = None,
     path = target / filename
     if path.exists():
         return path
-    target.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=target, prefix=f".{filename}.", suffix=".part")
     try:
-        with os.fdopen(fd, "wb") as out, urlopen(url, timeout=timeout) as response:
+        with atomic_path(path, suffix=".part") as tmp, open(tmp, "wb") as out, urlopen(url, timeout=timeout) as response:
             from tqdm.auto import tqdm
 
             total = int(response.headers.get("Content-Length", 0) or 0) or None
@@ -240,10 +229,7 @@ def download_d4rl(name: str, cache_dir: str | Path | None = None,
                 while chunk := response.read(1 << 20):
                     out.write(chunk)
                     bar.update(len(chunk))
-        atomic_replace(tmp, path)
     except (urllib.error.URLError, OSError, TimeoutError) as err:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
         raise DatasetError(
             f"could not download {name} from {url} ({err}); this machine appears to be offline. Download the file "
             f"elsewhere and put it at {path} (or set D4RL_DATASET_DIR to a directory holding {filename})."

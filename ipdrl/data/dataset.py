@@ -8,11 +8,13 @@ inside jitted code with :func:`sample_transitions` or :func:`sample_segments`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+
+from ipdrl import envs
 
 
 class DatasetError(ValueError):
@@ -123,14 +125,12 @@ class Dataset:
 
     def returns_to_go(self, gamma: float = 1.0) -> np.ndarray:
         """Sum of (discounted) future rewards to the end of each transition's episode (float64)."""
-        out = np.empty(self.size, dtype=np.float64)
-        rewards = self.rewards.astype(np.float64)
-        for start, end in zip(self.episode_starts, self.episode_ends):
-            acc = 0.0
-            for t in range(end - 1, start - 1, -1):
-                acc = rewards[t] + gamma * acc
-                out[t] = acc
-        return out
+        return discounted_to_go(self.rewards, np.zeros(self.num_episodes), self.episode_starts, self.episode_ends,
+                                gamma)
+
+    def reference(self) -> envs.Reference | None:
+        """The reference returns its normalised scores use: its own (metadata), else its family's D4RL ones."""
+        return envs.reference_for(self.name, self.metadata)
 
     def replace(self, **changes: Any) -> "Dataset":
         return dataclasses.replace(self, **changes)
@@ -177,6 +177,22 @@ def concatenate(parts: list[Dataset], name: str | None = None) -> Dataset:
     )
 
 
+def discounted_to_go(rewards: np.ndarray, bootstrap: np.ndarray, starts: np.ndarray, ends: np.ndarray,
+                     gamma: float) -> np.ndarray:
+    """Per transition ``sum_k gamma^k r_{t+k} + gamma^(end-t) bootstrap[episode]`` to its episode's end, for all
+    episodes at once (one vectorised step per position from the end), float64."""
+    rewards = np.asarray(rewards, np.float64)
+    out = np.zeros(len(rewards), np.float64)
+    lengths = ends - starts
+    acc = np.asarray(bootstrap, np.float64).copy()
+    for back in range(1, int(lengths.max()) + 1):
+        live = lengths >= back
+        index = ends[live] - back
+        acc[live] = rewards[index] + gamma * acc[live]
+        out[index] = acc[live]
+    return out
+
+
 # ---- device-side sampling ------------------------------------------------------------------------
 Fields = dict[str, jax.Array]
 
@@ -190,6 +206,17 @@ def to_device(fields: Mapping[str, np.ndarray]) -> Fields:
             value = value.astype(np.float32)
         out[key] = jnp.asarray(value)
     return out
+
+
+def map_batches(fn: Callable[..., jax.Array], *arrays: np.ndarray, batch_size: int = 8192) -> np.ndarray:
+    """``fn`` (batched, jittable) over host arrays in fixed-size batches (one compilation), as one numpy array."""
+    fn = jax.jit(fn)
+    size = len(arrays[0])
+    outputs = []
+    for start in range(0, size, batch_size):
+        index = np.minimum(np.arange(start, start + batch_size), size - 1)  # pad the last batch
+        outputs.append(np.asarray(fn(*(x[index] for x in arrays)))[: size - start])
+    return np.concatenate(outputs)
 
 
 def transition_fields(dataset: Dataset, reward_scale: float = 1.0, reward_shift: float = 0.0) -> dict[str, np.ndarray]:

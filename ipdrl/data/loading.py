@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import argparse
 import importlib.resources
 import os
 from pathlib import Path
@@ -81,14 +80,16 @@ def describe(dataset: Dataset) -> dict[str, Any]:
         "return_max": float(returns.max()),
         "infos": sorted(dataset.infos),
     }
-    family = envs.family_of(dataset.name)
-    normalized = envs.normalized_score(dataset.name, returns)
-    if normalized is not None and family.dataset_returns_normalizable:
+    family = envs.family_for(dataset.name, dataset.metadata)
+    reference = dataset.reference()
+    if reference is not None and (family is None or family.dataset_returns_normalizable):
+        normalized = reference.normalize(returns)
         facts.update(
             normalized_min=float(np.min(normalized)),
             normalized_mean=float(np.mean(normalized)),
             normalized_max=float(np.max(normalized)),
-            reference_table=envs.REFERENCE_TABLE,
+            reference_table=reference.table,
+            reference_scores=[reference.min, reference.max],
         )
     return facts
 
@@ -104,26 +105,11 @@ def format_description(facts: dict[str, Any]) -> str:
     if "normalized_mean" in facts:
         lines.append(
             f"normalised   min {facts['normalized_min']:.1f}  mean {facts['normalized_mean']:.1f}  "
-            f"max {facts['normalized_max']:.1f}  ({facts['reference_table']})"
+            f"max {facts['normalized_max']:.1f}  ({facts['reference_table']}: "
+            f"{facts['reference_scores'][0]:g} to {facts['reference_scores'][1]:g})"
         )
     else:
         lines.append("normalised   n/a (no reference scores for this dataset's family)")
     if facts["infos"]:
         lines.append(f"infos        {', '.join(facts['infos'])}")
     return "\n".join(lines)
-
-
-def info_main(argv: list[str]) -> int:
-    """``ipdrl data info DATASET [--json]``."""
-    parser = argparse.ArgumentParser(prog="ipdrl data info", description="Describe a dataset.")
-    parser.add_argument("dataset", help="path, local name, 'embedded', 'minari:<id>' or D4RL name")
-    parser.add_argument("--json", action="store_true", help="print JSON instead of text")
-    args = parser.parse_args(argv)
-    facts = describe(load_dataset(args.dataset))
-    if args.json:
-        import json
-
-        print(json.dumps(facts, indent=2))
-    else:
-        print(format_description(facts))
-    return 0

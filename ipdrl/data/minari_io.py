@@ -5,7 +5,6 @@ Nothing here downloads: ``minari.load_dataset`` is always called without ``downl
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import warnings
@@ -74,6 +73,10 @@ def read_minari(dataset_id_or_path: str, root: str | Path | None = None) -> Data
     metadata = {"minari_id": spec.dataset_id, "source": "minari"}
     if spec.env_spec is not None:
         metadata["env"] = spec.env_spec.id
+    stored = source.storage.metadata
+    for key in ("ref_min_score", "ref_max_score"):  # the dataset's own normalisation, when its author gave one
+        if isinstance(stored.get(key), (int, float)):
+            metadata[key] = float(stored[key])
     name = spec.dataset_id.split("/")[-1]
     return Dataset(
         observations=arrays["observations"].astype(np.float32),
@@ -107,10 +110,10 @@ def write_minari(dataset: Dataset, dataset_id: str, env_id: str | None = None, r
             truncations=dataset.timeouts[start:end].tolist(),
             infos={},
         ))
-    family = envs.family_of(dataset.name) or (envs.family_of(env_id) if env_id else None)
+    reference = envs.reference_for(dataset.name, {**dataset.metadata, **({"env": env_id} if env_id else {})})
     kwargs = {}
-    if family is not None:
-        kwargs.update(ref_min_score=family.ref_min, ref_max_score=family.ref_max)
+    if reference is not None:
+        kwargs.update(ref_min_score=reference.min, ref_max_score=reference.max)
     if env_id is None:
         box = lambda dim: gym.spaces.Box(-np.inf, np.inf, (dim,), np.float32)
         kwargs.update(observation_space=box(dataset.obs_dim),
@@ -124,18 +127,3 @@ def write_minari(dataset: Dataset, dataset_id: str, env_id: str | None = None, r
         except ValueError as err:
             raise DatasetError(f"cannot export to Minari id {dataset_id!r}: {err}") from None
         return Path(minari.storage.get_dataset_path(created.spec.dataset_id))
-
-
-def export_main(argv: list[str]) -> int:
-    """``ipdrl data export-minari DATASET MINARI_ID [--env ENV] [--root DIR]``."""
-    from ipdrl.data.loading import load_dataset
-
-    parser = argparse.ArgumentParser(prog="ipdrl data export-minari", description="Export a dataset to Minari.")
-    parser.add_argument("dataset")
-    parser.add_argument("minari_id", help="e.g. mujoco/hopper/ipdrl-medium-v0")
-    parser.add_argument("--env", default=None, help="Gymnasium id recorded in the Minari dataset")
-    parser.add_argument("--root", default=None, help="Minari datasets root (default: MINARI_DATASETS_PATH)")
-    args = parser.parse_args(argv)
-    path = write_minari(load_dataset(args.dataset), args.minari_id, args.env, args.root)
-    print(f"wrote Minari dataset {args.minari_id} at {path}")
-    return 0

@@ -13,19 +13,15 @@ posterior sampling (1) and deterministic DDIM (0).
 from __future__ import annotations
 
 import dataclasses
-from pathlib import Path
 from typing import Any
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ipdrl.data.dataset import Dataset
-from ipdrl.training import Learner
-from ipdrl.world_models import conditional
-from ipdrl.world_models.conditional import ConditionalMLP, Model
-
-KIND = "diffusion"
+from ipdrl.world_models import generative
+from ipdrl.world_models.common import Model
+from ipdrl.world_models.generative import ConditionalMLP, TransitionModel
 
 
 @dataclasses.dataclass
@@ -42,10 +38,6 @@ class Config:
     batch_size: int = 256
     members: int = 1
     """Independently trained ensemble members (for DWM-MPC's disagreement penalty)."""
-
-
-def network(config: Config, obs_dim: int) -> ConditionalMLP:
-    return ConditionalMLP(obs_dim, config.hidden_dims, config.time_embed_dim)
 
 
 def noise_shape(config: Config, obs_dim: int) -> tuple[int, ...]:
@@ -73,21 +65,14 @@ def loss(config: Config, net: ConditionalMLP, params: Any, batch: dict[str, jax.
     return ((net.apply(params, noisy, times, batch["obs"], batch["act"]) - eps) ** 2).mean()
 
 
-def make_learner(config: Config, dataset: Dataset) -> Learner:
-    """Train on ``dataset`` (the training split); state holds the ensemble and the normalisation statistics."""
-    net = network(config, dataset.obs_dim)
-    return conditional.transition_learner(net, 1, lambda params, batch, key: loss(config, net, params, batch, key),
-                                          config, dataset)
-
-
 def sample(config: Config, model: Model, obs: jax.Array, act: jax.Array, noise: jax.Array) -> jax.Array:
     """Next observation (raw units) of one member for raw ``obs`` (..., obs_dim), ``act`` (..., act_dim).
 
     ``noise``: (..., K, obs_dim) standard normals. Differentiable in ``obs``, ``act`` and the network.
     """
     steps = config.denoising_steps
-    net = network(config, obs.shape[-1])
-    cond_obs = conditional.normalize_obs(obs, model["stats"])
+    net = generative.network(config, obs.shape[-1])
+    cond_obs = generative.conditioning(model, obs)
     a_bar = alpha_bars(steps)
     a_bar_prev = jnp.concatenate([jnp.ones(1), a_bar[:-1]])
     # Level k = K-1 .. 0; the draw at level 0 is unused (sigma = 0 there), so K draws cover the chain.
@@ -105,18 +90,7 @@ def sample(config: Config, model: Model, obs: jax.Array, act: jax.Array, noise: 
         return jnp.sqrt(a_bar_prev[level]) * x0 + direction + sigma * z, None
 
     delta, _ = jax.lax.scan(reverse_step, noise[..., 0, :], (levels, draws))
-    return conditional.next_obs_from_delta(obs, delta, model["stats"])
+    return generative.next_obs_from_delta(obs, delta, model["stats"])
 
 
-def heldout_metrics(config: Config, model: Model, dataset: Dataset, key: jax.Array) -> dict[str, float]:
-    """Held-out one-step next-state error in raw units (see :func:`conditional.heldout_error`)."""
-    return conditional.heldout_error(
-        lambda m, obs, act, noise: sample(config, m, obs, act, noise), model, dataset, noise_shape(config, dataset.obs_dim), key)
-
-
-def save(path: str | Path, config: Config, model: Model, info: dict[str, Any]) -> None:
-    conditional.save_model(path, KIND, config, model, info)
-
-
-def load(path: str | Path) -> tuple[Config, Model, dict[str, Any]]:
-    return conditional.load_model(path, KIND, Config)
+MODEL = TransitionModel(kind="diffusion", Config=Config, time_dims=1, loss=loss, sample=sample, noise_shape=noise_shape)

@@ -16,12 +16,12 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ipdrl.algos.common import observation_stats
 from ipdrl.data.dataset import Dataset
+from ipdrl.data.statistics import denormalize, moments, normalize, observation_stats
 from ipdrl.networks import Critic
 from ipdrl.training import Learner
-from ipdrl.world_models import conditional
-from ipdrl.world_models.conditional import Model
+from ipdrl.world_models import common
+from ipdrl.world_models.common import Model
 
 KIND = "reward"
 
@@ -43,25 +43,19 @@ def network(config: Config) -> Critic:
 def make_learner(config: Config, dataset: Dataset, scale: float, shift: float) -> Learner:
     """Regress ``dataset.rewards * scale + shift`` (critic units) on (s, a) of ``dataset`` (the training split)."""
     target = (dataset.rewards * scale + shift).astype(np.float32)
-    obs = observation_stats(dataset)
-    stats = {
-        "obs_mean": jnp.asarray(obs["mean"]),
-        "obs_std": jnp.asarray(obs["std"]),
-        "target_mean": jnp.asarray(target.mean(), jnp.float32),
-        "target_std": jnp.asarray(target.std() + 1e-6, jnp.float32),
-        "reward_scale": jnp.asarray([scale, shift], jnp.float32),
-    }
+    stats = {"obs": observation_stats(dataset), "target": moments(target, 1e-6)}
     net = network(config)
     fields = {
-        "obs": ((dataset.observations - obs["mean"]) / obs["std"]).astype(np.float32),
+        "obs": normalize(dataset.observations, stats["obs"]).astype(np.float32),
         "act": dataset.actions.astype(np.float32),
-        "target": ((target - target.mean()) / (target.std() + 1e-6)).astype(np.float32),
+        "target": normalize(target, stats["target"]).astype(np.float32),
     }
+    stats = {**jax.tree_util.tree_map(jnp.asarray, stats), "reward_scale": jnp.asarray([scale, shift], jnp.float32)}
 
     def loss(params: Any, batch: dict[str, jax.Array], key: jax.Array) -> jax.Array:
         return ((net.apply(params, batch["obs"], batch["act"]) - batch["target"]) ** 2).mean()
 
-    return conditional.regression_learner(
+    return common.regression_learner(
         init_net=lambda key: net.init(key, jnp.zeros((1, dataset.obs_dim)), jnp.zeros((1, dataset.act_dim))),
         loss=loss,
         fields=fields,
@@ -74,13 +68,12 @@ def make_learner(config: Config, dataset: Dataset, scale: float, shift: float) -
 def predict(config: Config, model: Model, obs: jax.Array, act: jax.Array) -> jax.Array:
     """Predicted reward in critic units for raw ``obs`` (..., obs_dim) and ``act`` (..., act_dim); one member."""
     stats = model["stats"]
-    standardised = network(config).apply(model["net"], conditional.normalize_obs(obs, stats), act)
-    return stats["target_mean"] + stats["target_std"] * standardised
+    return denormalize(network(config).apply(model["net"], normalize(obs, stats["obs"]), act), stats["target"])
 
 
 def heldout_metrics(config: Config, model: Model, dataset: Dataset) -> dict[str, float]:
     """Reward MSE on held-out transitions, in raw reward units and in critic units."""
-    predicted = np.asarray(jax.jit(lambda m, o, a: predict(config, conditional.member(m, 0), o, a))(
+    predicted = np.asarray(jax.jit(lambda m, o, a: predict(config, common.member(m, 0), o, a))(
         model, dataset.observations, dataset.actions))
     scale, shift = np.asarray(model["stats"]["reward_scale"])
     scaled_error = float(((predicted - (dataset.rewards * scale + shift)) ** 2).mean())
@@ -93,8 +86,8 @@ def heldout_metrics(config: Config, model: Model, dataset: Dataset) -> dict[str,
 
 
 def save(path: str | Path, config: Config, model: Model, info: dict[str, Any]) -> None:
-    conditional.save_model(path, KIND, config, model, info)
+    common.save_model(path, KIND, config, model, info)
 
 
 def load(path: str | Path) -> tuple[Config, Model, dict[str, Any]]:
-    return conditional.load_model(path, KIND, Config)
+    return common.load_model(path, KIND, Config)

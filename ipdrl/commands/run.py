@@ -17,11 +17,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 from ipdrl import presets
-from ipdrl.algos import dt, ipd
+from ipdrl.algos import dt, ipd, ipd_stages, iql
+from ipdrl.data.loading import load_dataset
 from ipdrl.evaluation import evaluate
-from ipdrl.runs import Run, atomic_write_bytes, atomic_write_json
+from ipdrl.pipelines import prepare, train
+from ipdrl.runs import Run
+from ipdrl.storage import atomic_write_bytes, atomic_write_json
 
 log = logging.getLogger("ipdrl")
+
 
 @dataclasses.dataclass
 class Args:
@@ -41,9 +45,7 @@ class Args:
     progress: bool = True
 
 
-# 'quick' on top of the cpu presets. Measured on the newer 2-core CPU (family-26 EPYC; another job on one core):
-# IQL ~300 updates/s, world model ~110 updates/s (early stopping may end it sooner), augmentation ~300 imagined
-# steps/s, the 2 x 64, K 10 transformer ~65 updates/s with the critic -> IPD ~4.5 min, DT ~1.5 min: ~6 min in all.
+# 'quick' on top of the cpu presets: every stage shortened so that the whole job runs in minutes on 2 CPU cores.
 QUICK_IPD = dict(steps=6000, warmup_steps=500, learning_rate=3e-4, log_every=500, checkpoint_every=1000)
 QUICK_IQL = dict(steps=25_000, log_every=1000)
 QUICK_ENSEMBLE = dict(max_steps=4000, eval_every=500, patience=3)
@@ -59,8 +61,8 @@ def method_configs(args: Args) -> tuple[ipd.Config, dt.Config]:
     if args.episodes is not None:
         common["eval_episodes"] = args.episodes
     out = Path(args.out)
-    ipd_config = presets.make_config(ipd, args.dataset, budget, run_dir=str(out / "ipd"), cache_dir=str(out / ".cache"),
-                                     **common)
+    ipd_config = presets.make_config(ipd.ALGORITHM, args.dataset, budget, run_dir=str(out / "ipd"),
+                                     cache_dir=str(out / ".cache"), **common)
     if args.budget == "quick":
         ipd_config = dataclasses.replace(
             ipd_config, **QUICK_IPD,
@@ -70,19 +72,16 @@ def method_configs(args: Args) -> tuple[ipd.Config, dt.Config]:
                                         prefix_length=ipd_config.context_length))
     shared = {f.name: getattr(ipd_config, f.name) for f in dataclasses.fields(dt.Config)
               if f.name not in ("dataset", "run_dir", "return_scale", "target_return")}
-    dt_config = presets.make_config(dt, args.dataset, budget, **dict(shared, run_dir=str(out / "dt")))
+    dt_config = presets.make_config(dt.ALGORITHM, args.dataset, budget, **dict(shared, run_dir=str(out / "dt")))
     return ipd_config, dt_config
 
 
 def iql_row(config: ipd.Config, episodes: int) -> dict[str, Any]:
     """IPD's stage-1 IQL (from the stage cache) evaluated with its AWR policy on the evaluation seeds."""
-    from ipdrl.pipelines import eval_env_id, load_dataset_for
-
-    dataset = load_dataset_for(config)
-    env_id = eval_env_id(config, dataset)
-    state, info = ipd.value_stage(config, dataset, Run.open(config.run_dir), env_id)
-    learner = ipd.iql.make_learner(config.iql, dataset)
-    result = evaluate(learner.policy, learner.policy_params(state), env_id, episodes, config.eval_seed, dataset.name)
+    env_id, dataset = prepare(config, load_dataset(config.dataset))
+    state, info = ipd_stages.value_stage(config.iql, dataset, config, Run.open(config.run_dir), env_id, config.cache_dir)
+    learner = iql.make_learner(config.iql, dataset)
+    result = evaluate(learner.policy, learner.policy_params(state), env_id, episodes, config.eval_seed, dataset.reference())
     return dict(result, checkpoint="final", steps=config.iql.steps, stage_cache=info["cache"],
                 train_seconds=info.get("seconds"), dataset=dataset.name)
 
@@ -117,15 +116,13 @@ def main(argv: list[str]) -> int:
     """``ipdrl run [--budget quick|tiny|cpu|paper] [--seed S] [--out DIR] [--dataset D]``."""
     import tyro
 
-    from ipdrl.pipelines import train
-
     args = tyro.cli(Args, args=argv, prog="ipdrl run", description=(__doc__ or "").strip().splitlines()[0])
     ipd_config, dt_config = method_configs(args)
     started = time.perf_counter()
     log.info("ipdrl run: IPD (%d IQL + %d policy updates), then DT (%d updates), then IQL's evaluation",
              ipd_config.iql.steps, ipd_config.steps, dt_config.steps)
-    ipd_result = train("ipd", ipd_config)
-    dt_result = train("dt", dt_config)
+    ipd_result = train(ipd.ALGORITHM, ipd_config)
+    dt_result = train(dt.ALGORITHM, dt_config)
     iql_result = iql_row(ipd_config, ipd_config.eval_episodes)
     ipd_stage1 = ipd_result["stages"]["iql"].get("seconds")
     rows = {

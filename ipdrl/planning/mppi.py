@@ -25,6 +25,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
+from ipdrl.config import Settings
+
 StepFn = Callable[[jax.Array, jax.Array, jax.Array], tuple[jax.Array, jax.Array, jax.Array, jax.Array]]
 ValueFn = Callable[[jax.Array], jax.Array]
 PolicyFn = Callable[[jax.Array], tuple[jax.Array, jax.Array]]
@@ -32,7 +34,7 @@ QFn = Callable[[jax.Array, jax.Array], jax.Array]
 
 
 @dataclasses.dataclass(frozen=True)
-class PlannerConfig:
+class PlannerConfig(Settings):
     """MPPI settings. Actions live in [-1, 1]."""
 
     num_samples: int = 256
@@ -55,6 +57,7 @@ class PlannerConfig:
     """lambda: subtract lambda * U(s, a) per imagined step from the score (0 keeps the planner cheap)."""
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         policy = round(self.num_samples * self.policy_fraction)
         if not 0 < self.num_elites <= self.num_samples or policy < 1 or self.num_samples - policy < 2:
             raise ValueError(f"planner needs 0 < num_elites <= num_samples and room for at least 2 perturbed "

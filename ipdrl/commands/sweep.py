@@ -1,0 +1,63 @@
+"""``ipdrl sweep``: a grid of ``ipdrl train`` runs on Dask distributed, then its table (markdown and JSON)."""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+
+from ipdrl import sweeps
+from ipdrl.presets import BUDGET_NAMES
+
+
+def main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(
+        prog="ipdrl sweep", description=(sweeps.__doc__ or "").strip().splitlines()[0],
+        epilog="A sweep file lists methods x datasets x seeds (see `ipdrl.sweeps`); or give one by flags: "
+               "ipdrl sweep --name quick --algos iql dt --datasets hopper-medium-replay --seeds 0 1 2 "
+               "[--flags \"--steps 1000\"].")
+    parser.add_argument("file", nargs="?", help="a .toml or .yaml sweep definition")
+    parser.add_argument("--name", help="(without a file) the sweep's name")
+    parser.add_argument("--algos", nargs="+", help="(without a file) algorithms, one method each")
+    parser.add_argument("--datasets", nargs="+", help="datasets (overrides the file's)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="training seeds (overrides the file's)")
+    parser.add_argument("--budget", choices=BUDGET_NAMES, help="budget preset (overrides the file's)")
+    parser.add_argument("--out", help="run directories go under here (overrides the file's)")
+    parser.add_argument("--flags", default="", help="(without a file) `ipdrl train` flags for every run, quoted")
+    parser.add_argument("--scheduler", help="tcp://HOST:PORT of a running Dask scheduler; default: a local cluster "
+                                            "on 127.0.0.1, one worker per core")
+    parser.add_argument("--workers", type=int, help="workers of the local cluster (default: one per core)")
+    parser.add_argument("--docs", default="docs/evidence", help="where the table (<name>.md and .json) is written")
+    parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
+    parser.add_argument("--report-only", action="store_true", help="write the table from the runs that are done")
+    parser.add_argument("--no-progress", dest="progress", action="store_false")
+    args = parser.parse_args(argv)
+
+    if args.file:
+        sweep = sweeps.load(args.file)
+    elif args.name and args.algos and args.datasets and args.seeds is not None:
+        sweep = sweeps.Sweep(name=args.name, datasets=args.datasets, seeds=args.seeds,
+                             methods=[sweeps.Method(name=a, algo=a, flags=shlex.split(args.flags)) for a in args.algos])
+    else:
+        parser.error("give a sweep file, or --name, --algos, --datasets and --seeds")
+    for key in ("datasets", "seeds", "budget", "out"):
+        if getattr(args, key) is not None:
+            setattr(sweep, key, getattr(args, key))
+    if not args.file:
+        sweep.out = args.out or f"runs/sweeps/{sweep.name}"
+
+    if args.dry_run:
+        for task in sweeps.tasks(sweep):
+            print(f"{'done   ' if task.done() else 'to run '} {shlex.join(task.command)}")
+        return 0
+    failures: list[str] = []
+    if args.report_only:
+        rows = [sweeps.run_row(task) for task in sweeps.tasks(sweep) if task.done()]
+    else:
+        rows, failures = sweeps.run(sweep, args.scheduler, args.workers, args.progress)
+    command = "ipdrl sweep " + shlex.join(argv)
+    sweeps.write_report(sweep, rows, args.docs, command)
+    print(sweeps.markdown(sweep, rows, sweeps.aggregate(sweep, rows), command))
+    for failure in failures:
+        print(f"FAILED: {failure}", file=sys.stderr)
+    return 1 if failures else 0

@@ -1,0 +1,77 @@
+"""``ipdrl train --algo NAME ...`` and ``ipdrl eval RUN_DIR``."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+
+from ipdrl import presets
+from ipdrl.algos import Algorithm, available, get_algorithm
+from ipdrl.pipelines import evaluate_run, train
+from ipdrl.presets import BUDGET_NAMES
+from ipdrl.runs import Run
+
+log = logging.getLogger("ipdrl")
+
+
+def translate_legacy_flags(algorithm: Algorithm, argv: list[str]) -> list[str]:
+    """Rewrite flags of an earlier release to their current spelling, with a warning naming both. An old flag that
+    now sets several (``--model-lr``) takes one value and passes it to each."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        flag, equals, value = arg.partition("=")
+        current = algorithm.legacy_flags.get(flag)
+        if current is None:
+            out.append(arg)
+            continue
+        log.warning("ipdrl train --algo %s: %s is now %s; the old spelling goes in the next release", algorithm.name,
+                    flag, " and ".join(current))
+        if len(current) == 1:
+            out.append(current[0] + equals + value)
+            continue
+        if not equals:
+            value = next(args, None)
+            if value is None:
+                raise ValueError(f"{flag} needs a value.")
+        out += [f"{name}={value}" for name in current]
+    return out
+
+
+def train_main(argv: list[str]) -> int:
+    """``ipdrl train --algo NAME [--budget B] [--dataset D] [--<hyperparameter> V ...]``."""
+    import tyro
+
+    pre = argparse.ArgumentParser(prog="ipdrl train", add_help=False)
+    pre.add_argument("--algo", choices=available())
+    pre.add_argument("--budget", default="cpu", choices=BUDGET_NAMES)
+    pre.add_argument("--dataset", default="embedded")
+    known, rest = pre.parse_known_args(argv)
+    if known.algo is None:
+        print(f"usage: ipdrl train --algo {{{','.join(available())}}} [--budget {{{','.join(BUDGET_NAMES)}}}] "
+              f"[--dataset D] [options]\n\n`ipdrl train --algo NAME --help` lists every hyperparameter of NAME "
+              f"with the preset values for the chosen --budget and --dataset.")
+        return 0 if ("-h" in rest or "--help" in rest) else 2
+    algorithm = get_algorithm(known.algo)
+    default = presets.make_config(algorithm, known.dataset, known.budget)
+    config = tyro.cli(algorithm.Config, default=default, args=translate_legacy_flags(algorithm, rest),
+                      prog=f"ipdrl train --algo {known.algo} --budget {known.budget}", description=algorithm.summary)
+    results = train(algorithm, config)
+    print(json.dumps(_summary(results), indent=2))
+    return 0
+
+
+def eval_main(argv: list[str]) -> int:
+    parser = argparse.ArgumentParser(prog="ipdrl eval", description="Re-evaluate a run's final checkpoint.")
+    parser.add_argument("run_dir")
+    parser.add_argument("--episodes", type=int, default=None)
+    parser.add_argument("--eval-seed", type=int, default=None)
+    args = parser.parse_args(argv)
+    algorithm = get_algorithm(Run.open(args.run_dir).config["algo"])
+    print(json.dumps(_summary(evaluate_run(algorithm, args.run_dir, args.episodes, args.eval_seed)), indent=2))
+    return 0
+
+
+def _summary(results: dict) -> dict:
+    return {k: v for k, v in results.items() if not isinstance(v, list)}

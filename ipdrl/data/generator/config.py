@@ -1,0 +1,44 @@
+"""Settings of ``ipdrl data generate``."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Literal
+
+Level = Literal["random", "medium", "medium-replay", "expert", "medium-expert"]
+
+# About one third of expert return, as D4RL's medium policies (data.md: medium returns ~4.8k / 1.4k / 2.9k).
+DEFAULT_THRESHOLDS = {"HalfCheetah-v5": 4800.0, "Hopper-v5": 1500.0, "Walker2d-v5": 2900.0}
+
+
+@dataclasses.dataclass
+class GenerateConfig:
+    """Settings of ``ipdrl data generate``."""
+
+    env: str = "Hopper-v5"
+    """Gymnasium id of any environment with Box observation and action spaces."""
+    level: Level = "medium-replay"
+    output: str | None = None
+    """Output .hdf5 (default <family>-<level>.hdf5)."""
+    seed: int = 0
+    threshold: float | None = None
+    """Deterministic evaluation return that ends 'medium' training (default per env: HalfCheetah 4800, Hopper 1500, Walker2d 2900)."""
+    transitions: int = 1_000_000
+    """Transitions collected for random, medium and expert (each half of medium-expert)."""
+    max_sac_steps: int = 1_000_000
+    """Give up when the threshold is not reached within this many environment steps."""
+    expert_steps: int = 1_000_000
+    """SAC environment steps for the expert policy."""
+    start_steps: int = 10_000
+    """Uniform-random warm-up steps before SAC acts."""
+    updates_every: int = 10
+    """Environment steps between fused update chunks; SAC still makes one update per environment step."""
+    eval_every: int = 10_000
+    eval_episodes: int = 5
+    checkpoint_every: int = 20_000
+    work_dir: str | None = None
+    """Where resumable SAC state lives (default <output>.work)."""
+    resume: bool = False
+    hidden_dims: tuple[int, ...] = (256, 256)
+    batch_size: int = 256
+    progress: bool = True

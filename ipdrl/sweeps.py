@@ -1,0 +1,351 @@
+"""Sweeps: grids of ``ipdrl train`` runs (methods x datasets x seeds) as tasks on Dask distributed, and their table.
+
+A sweep is defined in a TOML or YAML file (or by flags: ``ipdrl sweep --algos ...``)::
+
+    name = "baselines"                      # the table's name: <docs>/<name>.md and .json
+    out = "runs/sweeps/baselines"           # run directories: <out>/<method>/<dataset>-s<seed>
+    budget = "cpu"
+    datasets = ["hopper-medium-replay", "walker2d-medium-replay"]
+    seeds = [0, 1, 2, 3, 4]
+    datasets_dir = "../shared/datasets"     # optional: added to $IPDRL_DATASETS for the runs
+    paired = [["ipd", "dt"]]                # optional: paired differences to report
+
+    [[methods]]
+    name = "iql"                            # the row's name
+    algo = "iql"
+    flags = ["--steps", "100000"]           # any `ipdrl train` flags
+    # seeds, datasets, budget: optional per-method overrides
+    # program = ["python", "benchmarks/d3rlpy_quality.py"]: another program with the same core flags
+
+Every run is a subprocess (its own XLA, one core's worth of threads, killed with its worker): the task of a run
+whose ``results.json`` exists is skipped, an interrupted one continues from its checkpoint (``--resume``), and a
+failed one is reported with the tail of its log while the others go on. Runs of IPD on one (dataset, seed) share
+stages 1-3 through ``<out>/.cache``; a distributed lock per (dataset, seed) keeps them from racing on it. By default
+the tasks run on a ``LocalCluster`` bound to 127.0.0.1 with one single-threaded worker per core; ``scheduler``
+(``tcp://HOST:PORT``) uses an existing cluster, whose workers must see the same file system.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ipdrl import statistics
+from ipdrl.config import require
+from ipdrl.storage import atomic_write_bytes, atomic_write_json
+
+log = logging.getLogger("ipdrl")
+
+ONE_CORE = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+IPDRL_TRAIN = [sys.executable, "-m", "ipdrl", "train"]
+
+
+@dataclasses.dataclass
+class Method:
+    """One row of a sweep: an algorithm with its flags (and, optionally, its own seeds, datasets or budget)."""
+
+    name: str
+    algo: str
+    flags: list[str] = dataclasses.field(default_factory=list)
+    seeds: list[int] | None = None
+    datasets: list[str] | None = None
+    budget: str | None = None
+    program: list[str] | None = None
+    """A program other than ``ipdrl train`` taking ``--algo --dataset --seed --budget --run-dir`` (d3rlpy's rows)."""
+
+
+@dataclasses.dataclass
+class Sweep:
+    name: str
+    methods: list[Method]
+    datasets: list[str]
+    seeds: list[int]
+    out: str = "runs/sweeps"
+    budget: str = "cpu"
+    datasets_dir: str | None = None
+    paired: list[list[str]] = dataclasses.field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        self.methods = [m if isinstance(m, Method) else Method(**m) for m in self.methods]
+        names = [m.name for m in self.methods]
+        require(len(set(names)) == len(names), f"sweep {self.name!r}: method names repeat ({names}); name each row.")
+        require(bool(self.methods), f"sweep {self.name!r} has no methods.")
+        for pair in self.paired:
+            require(len(pair) == 2 and set(pair) <= set(names),
+                    f"sweep {self.name!r}: paired {pair} must name two of its methods ({names}).")
+
+
+@dataclasses.dataclass(frozen=True)
+class Task:
+    """One run of a sweep."""
+
+    method: str
+    algo: str
+    dataset: str
+    seed: int
+    budget: str
+    run_dir: str
+    command: tuple[str, ...]
+    lock: str | None = None
+    """Runs holding the same lock run one at a time (IPD runs sharing a stage cache)."""
+
+    @property
+    def label(self) -> str:
+        return f"{self.method} on {self.dataset} (seed {self.seed})"
+
+    def done(self) -> bool:
+        return (Path(self.run_dir) / "results.json").exists()
+
+
+def load(path: str | Path) -> Sweep:
+    """A sweep from a ``.toml``, ``.yaml`` or ``.yml`` file."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"no sweep file {path}.")
+    if path.suffix == ".toml":
+        import tomllib
+
+        values = tomllib.loads(path.read_text())
+    elif path.suffix in (".yaml", ".yml"):
+        import yaml
+
+        values = yaml.safe_load(path.read_text())
+    else:
+        raise ValueError(f"{path}: a sweep is a .toml or .yaml file.")
+    fields = {f.name for f in dataclasses.fields(Sweep)}
+    unknown = set(values) - fields
+    require(not unknown, f"{path}: unknown sweep settings {sorted(unknown)}; valid: {sorted(fields)}.")
+    try:
+        return Sweep(**values)
+    except TypeError as error:  # a missing key, or a method with unknown keys
+        raise ValueError(f"{path}: {error}. A sweep needs name, datasets, seeds and [[methods]] with name and "
+                         f"algo.") from None
+
+
+def tasks(sweep: Sweep) -> list[Task]:
+    """Every run of the sweep, methods in order, then datasets, then seeds."""
+    out = Path(sweep.out)
+    found = []
+    for method in sweep.methods:
+        budget = method.budget or sweep.budget
+        for dataset in method.datasets or sweep.datasets:
+            for seed in method.seeds if method.seeds is not None else sweep.seeds:
+                run_dir = out / method.name / f"{dataset}-s{seed}"
+                core = ["--algo", method.algo, "--budget", budget, "--dataset", dataset, "--seed", str(seed)]
+                if method.program is None:
+                    extra = ["--cache-dir", str(out / ".cache")] if method.algo == "ipd" else []
+                    command = [*IPDRL_TRAIN, *core, "--run-dir", str(run_dir), "--resume", "--no-progress", *extra]
+                else:
+                    command = [*method.program, *core, "--run-dir", str(run_dir)]
+                lock = f"ipdrl-cache:{out}:{dataset}:{seed}" if method.algo == "ipd" else None
+                found.append(Task(method.name, method.algo, dataset, seed, budget, str(run_dir),
+                                  tuple(command + list(method.flags)), lock))
+    return found
+
+
+# ---- running one task (on a worker) ---------------------------------------------------------------------------
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """A run must not outlive its worker: a killed worker's rerun would race with it on the run directory."""
+    try:
+        import ctypes
+
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
+
+
+def run_task(task: Task, env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Run ``task`` (unless it is done) in a subprocess; its output goes to ``<run_dir>/sweep.log``. Returns the
+    run's summary; a failure raises with the log's last lines."""
+    if not task.done():
+        run_dir = Path(task.run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        environment = {**os.environ, **(env or {})}
+        environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
+        with _held(task.lock):
+            if not task.done():
+                with open(run_dir / "sweep.log", "ab") as output:
+                    output.write(f"\n$ {' '.join(task.command)}\n".encode())
+                    output.flush()
+                    code = subprocess.call(task.command, stdout=output, stderr=subprocess.STDOUT, env=environment,
+                                           preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+                if code != 0:
+                    tail = (run_dir / "sweep.log").read_text(errors="replace").splitlines()[-25:]
+                    raise RuntimeError(f"{task.label} failed (exit {code}); the end of {run_dir / 'sweep.log'}:\n"
+                                       + "\n".join(tail))
+    return run_row(task)
+
+
+class _held:
+    """A distributed lock while a task runs on a Dask worker (nothing outside one)."""
+
+    def __init__(self, name: str | None):
+        self.lock = None
+        if name is not None:
+            try:
+                from distributed import Lock, get_worker
+
+                get_worker()
+                self.lock = Lock(name)
+            except (ImportError, ValueError):
+                self.lock = None
+
+    def __enter__(self):
+        if self.lock is not None:
+            self.lock.acquire()
+
+    def __exit__(self, *exc):
+        if self.lock is not None:
+            self.lock.release()
+
+
+def run_row(task: Task) -> dict[str, Any]:
+    """The evidence row of a finished run (the schema of ``docs/evidence/README.md``)."""
+    results = json.loads((Path(task.run_dir) / "results.json").read_text())
+    return {
+        "method": task.method,
+        "algo": task.algo,
+        "dataset": task.dataset,
+        "seed": task.seed,
+        "normalized_score": results.get("normalized_mean"),
+        "episode_scores": results.get("normalized_scores"),
+        "return_mean": results.get("return_mean"),
+        "episode_returns": results.get("returns"),
+        "reference_table": results.get("reference_table"),
+        "budget": task.budget,
+        "steps": results.get("steps"),
+        "train_seconds": results.get("train_seconds"),
+        "checkpoint": results.get("checkpoint", "final"),
+        "command": " ".join(task.command[2:] if task.command[:2] == tuple(IPDRL_TRAIN[:2]) else task.command),
+        "run_dir": task.run_dir,
+    }
+
+
+# ---- running a sweep ----------------------------------------------------------------------------------------------
+def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, progress: bool = True
+        ) -> tuple[list[dict[str, Any]], list[str]]:
+    """Run every task not done yet on Dask; returns (rows of the finished runs, failure reports)."""
+    from distributed import Client, LocalCluster, as_completed
+    from tqdm.auto import tqdm
+
+    todo = [task for task in tasks(sweep) if not task.done()]
+    env = {"IPDRL_DATASETS": os.pathsep.join(filter(None, [os.environ.get("IPDRL_DATASETS"), sweep.datasets_dir]))}
+    failures: list[str] = []
+    if todo:
+        cluster = None
+        if scheduler is None:
+            cluster = LocalCluster(n_workers=workers or len(os.sched_getaffinity(0)), threads_per_worker=1,
+                                   processes=True, host="127.0.0.1", dashboard_address=None)
+        with Client(scheduler or cluster) as client:
+            futures = {client.submit(run_task, task, env, key=f"{sweep.name}:{task.method}:{task.dataset}:{task.seed}",
+                                     pure=False): task for task in todo}
+            bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="run", disable=not progress,
+                       dynamic_ncols=True)
+            for future in as_completed(futures):
+                task = futures[future]
+                if future.status == "error":
+                    failures.append(f"{task.label}: {future.exception()}")
+                    log.error("sweep %s: %s", sweep.name, failures[-1].splitlines()[0])
+                bar.update(1)
+                running = sum(len(tasks_) for tasks_ in client.processing().values())
+                bar.set_postfix(running=running, failed=len(failures))
+            bar.close()
+        if cluster is not None:
+            cluster.close()
+    rows = [run_row(task) for task in tasks(sweep) if task.done()]
+    return rows, failures
+
+
+# ---- the table ------------------------------------------------------------------------------------------------------
+def scores_by(rows: Iterable[dict[str, Any]], method: str, seeds: Sequence[int] | None = None
+              ) -> dict[str, list[float]]:
+    """dataset -> the method's scores ordered by seed (only ``seeds`` when given)."""
+    out: dict[str, dict[int, float]] = {}
+    for row in rows:
+        if row["method"] == method and row["normalized_score"] is not None and (seeds is None or row["seed"] in seeds):
+            out.setdefault(row["dataset"], {})[row["seed"]] = row["normalized_score"]
+    return {dataset: [by_seed[s] for s in sorted(by_seed)] for dataset, by_seed in out.items()}
+
+
+def _by_run(rows: Iterable[dict[str, Any]], method: str) -> dict[tuple[str, int], float]:
+    return {(r["dataset"], r["seed"]): r["normalized_score"] for r in rows
+            if r["method"] == method and r["normalized_score"] is not None}
+
+
+def aggregate(sweep: Sweep, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method and dataset, and per method over all datasets: mean and IQM with 95% stratified bootstrap CIs;
+    the paired differences the sweep asks for, on the seeds both methods have."""
+    per_dataset, overall, paired = [], [], []
+    for method in sweep.methods:
+        scores = scores_by(rows, method.name)
+        for dataset in sweep.datasets:
+            if dataset in scores:
+                per_dataset.append({"method": method.name, "dataset": dataset, "seeds": len(scores[dataset]),
+                                    "scores": scores[dataset], **statistics.summary({dataset: scores[dataset]})})
+        if len(scores) > 1:
+            overall.append({"method": method.name, "datasets": sorted(scores), **statistics.summary(scores)})
+    for a, b in sweep.paired:
+        score_a, score_b = _by_run(rows, a), _by_run(rows, b)
+        common = sorted(set(score_a) & set(score_b))
+        for scope in [*sweep.datasets, "all"]:
+            strata_a: dict[str, list[float]] = {}
+            strata_b: dict[str, list[float]] = {}
+            for dataset, seed in common:
+                if scope in ("all", dataset):
+                    strata_a.setdefault(dataset, []).append(score_a[(dataset, seed)])
+                    strata_b.setdefault(dataset, []).append(score_b[(dataset, seed)])
+            if strata_a:
+                paired.append({"a": a, "b": b, "dataset": scope, **statistics.paired_difference(strata_a, strata_b)})
+    return {"per_dataset": per_dataset, "overall": overall, "paired": paired}
+
+
+def _cell(stat: dict[str, Any]) -> str:
+    low, high = stat["iqm_ci"]
+    ci = "" if low != low else f" [{low:.1f}, {high:.1f}]"  # NaN: one seed, no interval
+    return f"{stat['iqm']:.1f}{ci} ({stat['mean']:.1f})"
+
+
+def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any], command: str) -> str:
+    """The table as markdown: IQM [95% CI] (mean) per method and dataset, per-seed scores, paired differences."""
+    tables = sorted({r["reference_table"] for r in rows if r.get("reference_table")})
+    lines = [f"# {sweep.name}", "", f"Made by `{command}`. Final checkpoints; each run's score is the mean normalised "
+             f"score of its evaluation episodes ({'; '.join(tables) or 'no reference table'}). Cells: IQM over "
+             f"seeds [95% stratified bootstrap CI] (mean); the last column aggregates over datasets.", ""]
+    cells = {(s["method"], s["dataset"]): s for s in aggregates["per_dataset"]}
+    whole = {s["method"]: s for s in aggregates["overall"]}
+    lines += ["| method | " + " | ".join(sweep.datasets) + " | all |", "|---" * (len(sweep.datasets) + 2) + "|"]
+    for method in sweep.methods:
+        row = [_cell(cells[(method.name, d)]) + f" n={cells[(method.name, d)]['seeds']}" if (method.name, d) in cells
+               else "—" for d in sweep.datasets]
+        lines.append(f"| {method.name} | " + " | ".join(row) + f" | {_cell(whole[method.name]) if method.name in whole else '—'} |")
+    if aggregates["paired"]:
+        lines += ["", "Paired differences (same dataset and seed), mean [95% CI]:", "",
+                  "| a − b | dataset | runs | difference |", "|---|---|---|---|"]
+        for p in aggregates["paired"]:
+            low, high = p["mean_ci"]
+            ci = "" if low != low else f" [{low:+.1f}, {high:+.1f}]"
+            lines.append(f"| {p['a']} − {p['b']} | {p['dataset']} | {p['runs']} | {p['mean']:+.1f}{ci} |")
+    lines += ["", "Per-seed scores:", ""]
+    for method in sweep.methods:
+        for dataset, scores in scores_by(rows, method.name).items():
+            lines.append(f"- {method.name}, {dataset}: " + ", ".join(f"{s:.1f}" for s in scores))
+    return "\n".join(lines) + "\n"
+
+
+def write_report(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path, command: str) -> dict[str, Any]:
+    """``<docs>/<name>.json`` (runs + aggregates) and ``<docs>/<name>.md``."""
+    aggregates = aggregate(sweep, rows)
+    docs = Path(docs)
+    atomic_write_json(docs / f"{sweep.name}.json", {
+        "table": sweep.name, "command": command, "budget": sweep.budget, "datasets": sweep.datasets,
+        "seeds": sweep.seeds, "made": time.strftime("%Y-%m-%d"), "runs": rows, "aggregates": aggregates})
+    atomic_write_bytes(docs / f"{sweep.name}.md", markdown(sweep, rows, aggregates, command).encode())
+    return aggregates

@@ -1,0 +1,123 @@
+"""Sweeps on Dask and the statistics of their tables."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ipdrl import statistics, sweeps
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def test_iqm_trims_a_quarter_from_each_end():
+    assert statistics.iqm([0, 1, 2, 3, 4, 5, 6, 100]) == pytest.approx(np.mean([2, 3, 4, 5]))
+    assert statistics.iqm([1.0, 1.0, 1.0]) == 1.0
+
+
+def test_stratified_interval_covers_the_mean_and_shrinks_with_more_seeds():
+    rng = np.random.default_rng(0)
+    few = {"a": rng.normal(50, 10, 3), "b": rng.normal(20, 10, 3)}
+    many = {"a": rng.normal(50, 10, 40), "b": rng.normal(20, 10, 40)}
+    for scores in (few, many):
+        summary = statistics.summary(scores)
+        assert summary["mean_ci"][0] <= summary["mean"] <= summary["mean_ci"][1]
+        assert summary["iqm_ci"][0] <= summary["iqm"] <= summary["iqm_ci"][1]
+    width = lambda s: s["mean_ci"][1] - s["mean_ci"][0]
+    assert width(statistics.summary(many)) < width(statistics.summary(few))
+    assert np.isnan(statistics.interval({"a": [1.0]})[0])  # one seed: no interval
+
+
+def test_paired_difference_is_per_seed():
+    a, b = {"d": [10.0, 20.0, 30.0]}, {"d": [9.0, 19.0, 29.5]}
+    diff = statistics.paired_difference(a, b)
+    assert diff["mean"] == pytest.approx(2.5 / 3) and diff["mean_ci"][0] > 0  # every seed is better
+
+
+def test_a_sweep_file_is_checked(tmp_path):
+    path = tmp_path / "s.toml"
+    path.write_text('name = "x"\ndatasets = ["embedded"]\nseeds = [0]\n[[methods]]\nname = "a"\nalgo = "bc"\n'
+                    '[[methods]]\nname = "a"\nalgo = "iql"\n')
+    with pytest.raises(ValueError, match="names repeat"):
+        sweeps.load(path)
+    path.write_text('name = "x"\ndatasets = ["embedded"]\nseed = [0]\n')
+    with pytest.raises(ValueError, match="unknown sweep settings"):
+        sweeps.load(path)
+
+
+SWEEP = """
+name = "tiny"
+budget = "tiny"
+datasets = ["embedded"]
+seeds = [0, 1]
+paired = [["iql", "bc"]]
+
+[[methods]]
+name = "bc"
+algo = "bc"
+flags = ["--steps", "400", "--log-every", "50", "--checkpoint-every", "50", "--eval-episodes", "1"]
+
+[[methods]]
+name = "iql"
+algo = "iql"
+flags = ["--steps", "400", "--log-every", "50", "--checkpoint-every", "50", "--eval-episodes", "1"]
+"""
+
+
+def sweep_command(folder: Path) -> list[str]:
+    (folder / "tiny.toml").write_text(SWEEP)
+    return [sys.executable, "-m", "ipdrl", "sweep", "tiny.toml", "--workers", "2", "--out", "runs",
+            "--docs", "docs", "--no-progress"]
+
+
+def test_a_sweep_with_a_killed_worker_completes_to_the_results_of_an_uninterrupted_one(tmp_path):
+    import psutil
+
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONPATH=str(REPO))
+    whole, killed = tmp_path / "whole", tmp_path / "killed"
+    for folder in (whole, killed):
+        folder.mkdir()
+    done = subprocess.run(sweep_command(whole), cwd=whole, env=env, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+    sweep = subprocess.Popen(sweep_command(killed), cwd=killed, env=env, stdout=subprocess.DEVNULL,
+                             stderr=subprocess.PIPE)
+    victim, deadline = None, time.monotonic() + 600
+    while victim is None and sweep.poll() is None and time.monotonic() < deadline:
+        for process in psutil.Process(sweep.pid).children(recursive=True):
+            try:
+                command = process.cmdline()
+            except psutil.Error:
+                continue
+            run_dir = command[command.index("--run-dir") + 1] if "--run-dir" in command else None
+            if run_dir and (killed / run_dir / "checkpoint.json").exists():
+                victim = process.parent()  # the Dask worker running this training run
+                break
+        time.sleep(0.05)
+    assert victim is not None, "no training run to interrupt"
+    os.kill(victim.pid, signal.SIGKILL)
+    sweep.wait(timeout=900)
+    again = subprocess.run(sweep_command(killed), cwd=killed, env=env, capture_output=True, text=True, timeout=900)
+    assert again.returncode == 0, again.stderr[-3000:]
+
+    table = {(r["method"], r["dataset"], r["seed"]): r for r in
+             json.loads((killed / "docs" / "tiny.json").read_text())["runs"]}
+    reference = {(r["method"], r["dataset"], r["seed"]): r for r in
+                 json.loads((whole / "docs" / "tiny.json").read_text())["runs"]}
+    assert set(table) == set(reference) and len(table) == 4
+    for key, row in table.items():
+        assert row["episode_returns"] == reference[key]["episode_returns"], key
+        run_dir = Path(row["run_dir"])
+        assert (killed / run_dir / "checkpoint.msgpack").read_bytes() == \
+            (whole / run_dir / "checkpoint.msgpack").read_bytes(), key
+    aggregates = json.loads((killed / "docs" / "tiny.json").read_text())["aggregates"]
+    assert {a["dataset"] for a in aggregates["paired"]} == {"embedded", "all"}
+    assert "| iql |" in (killed / "docs" / "tiny.md").read_text()
