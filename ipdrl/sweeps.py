@@ -13,8 +13,10 @@ A sweep is defined in a TOML or YAML file (or by flags: ``ipdrl sweep --algos ..
     [[methods]]
     name = "iql"                            # the row's name
     algo = "iql"
-    flags = ["--steps", "100000"]           # any `ipdrl train` flags
+    flags = ["--steps", "100000"]           # any `ipdrl train` flags; {dataset}, {seed} and {out} are filled in
     # seeds, datasets, budget: optional per-method overrides
+    # after = "rebrac": each run starts once that method's run of the same dataset and seed is done (DWM-MPC's
+    #                   --base-run {out}/rebrac/{dataset}-s{seed})
     # program = ["python", "benchmarks/d3rlpy_quality.py"]: another program with the same core flags
 
 Every run is a subprocess (its own XLA, one core's worth of threads, killed with its worker): the task of a run
@@ -60,6 +62,8 @@ class Method:
     budget: str | None = None
     program: list[str] | None = None
     """A program other than ``ipdrl train`` taking ``--algo --dataset --seed --budget --run-dir`` (d3rlpy's rows)."""
+    after: str | None = None
+    """Another method of the sweep whose run of the same dataset and seed this one needs first."""
 
 
 @dataclasses.dataclass
@@ -78,6 +82,9 @@ class Sweep:
         names = [m.name for m in self.methods]
         require(len(set(names)) == len(names), f"sweep {self.name!r}: method names repeat ({names}); name each row.")
         require(bool(self.methods), f"sweep {self.name!r} has no methods.")
+        for method in self.methods:
+            require(method.after is None or method.after in names[:names.index(method.name)],
+                    f"sweep {self.name!r}: {method.name} runs after {method.after!r}, which must be an earlier method.")
         for pair in self.paired:
             require(len(pair) == 2 and set(pair) <= set(names),
                     f"sweep {self.name!r}: paired {pair} must name two of its methods ({names}).")
@@ -96,6 +103,8 @@ class Task:
     command: tuple[str, ...]
     lock: str | None = None
     """Runs holding the same lock run one at a time (IPD runs sharing a stage cache)."""
+    after: str | None = None
+    """The method whose task (same dataset and seed) must finish first."""
 
     @property
     def label(self) -> str:
@@ -146,8 +155,9 @@ def tasks(sweep: Sweep) -> list[Task]:
                 else:
                     command = [*method.program, *core, "--run-dir", str(run_dir)]
                 lock = f"ipdrl-cache:{out}:{dataset}:{seed}" if method.algo == "ipd" else None
+                flags = [flag.format(dataset=dataset, seed=seed, out=out) for flag in method.flags]
                 found.append(Task(method.name, method.algo, dataset, seed, budget, str(run_dir),
-                                  tuple(command + list(method.flags)), lock))
+                                  tuple(command + flags), lock, method.after))
     return found
 
 
@@ -162,9 +172,9 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def run_task(task: Task, env: dict[str, str] | None = None) -> dict[str, Any]:
+def run_task(task: Task, env: dict[str, str] | None = None, after: Any = None) -> dict[str, Any]:
     """Run ``task`` (unless it is done) in a subprocess; its output goes to ``<run_dir>/sweep.log``. Returns the
-    run's summary; a failure raises with the log's last lines."""
+    run's summary; a failure raises with the log's last lines. ``after``: the result of the run it waited for."""
     if not task.done():
         run_dir = Path(task.run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -245,8 +255,14 @@ def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, 
             cluster = LocalCluster(n_workers=workers or len(os.sched_getaffinity(0)), threads_per_worker=1,
                                    processes=True, host="127.0.0.1", dashboard_address=None)
         with Client(scheduler or cluster) as client:
-            futures = {client.submit(run_task, task, env, key=f"{sweep.name}:{task.method}:{task.dataset}:{task.seed}",
-                                     pure=False): task for task in todo}
+            futures: dict[Any, Task] = {}
+            submitted: dict[tuple[str, str, int], Any] = {}
+            for task in todo:  # methods come in order, so a run's predecessor is submitted before it
+                before = submitted.get((task.after, task.dataset, task.seed)) if task.after else None
+                future = client.submit(run_task, task, env, before, pure=False,
+                                       key=f"{sweep.name}:{task.method}:{task.dataset}:{task.seed}")
+                futures[future] = task
+                submitted[(task.method, task.dataset, task.seed)] = future
             bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="run", disable=not progress,
                        dynamic_ncols=True)
             for future in as_completed(futures):

@@ -44,6 +44,9 @@ def main(argv: list[str] | None = None) -> int:
         if len(argv) >= words and name in COMMANDS:
             try:
                 return _resolve(COMMANDS[name])(argv[words:]) or 0
+            except BrokenPipeError:  # the reader went away (`ipdrl ... | head`): nothing left to say
+                sys.stderr.close()
+                return 0
             except (ValueError, FileNotFoundError, FileExistsError, FloatingPointError) as err:
                 # Our errors carry the problem and the fix; a traceback would only hide them.
                 print(f"ipdrl {name}: error: {err}", file=sys.stderr)
