@@ -12,7 +12,7 @@ its own batches alongside the policy. See :mod:`ipdrl.algos.ipd`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Literal, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -24,6 +24,7 @@ from ipdrl.config import FitConfig, RunConfig, require
 from ipdrl.data.dataset import Dataset, Fields, sample_segments, segment_fields
 from ipdrl.data.statistics import normalize, observation_stats
 from ipdrl.evaluation import Params, Policy
+from ipdrl.networks import polyak
 from ipdrl.training import Learner, gradient_step
 from ipdrl.transformer import DecisionTransformer
 
@@ -48,6 +49,12 @@ class Hyperparameters(FitConfig):
     """AdamW decoupled weight decay."""
     warmup_steps: int = 10_000
     """Linear learning-rate warm-up (from lr / warmup_steps to lr)."""
+    lr_schedule: Literal["constant", "cosine"] = "constant"
+    """After the warm-up: 'constant' (CORL), or 'cosine' decay to zero at the last update (a final checkpoint that
+    holds still)."""
+    ema: float = 0.0
+    """Decay of an exponential moving average of the weights that the policy acts with (e.g. 0.999); 0: the
+    weights themselves."""
     grad_clip: float = 0.25
     """Global gradient-norm clip."""
     return_scale: float = 1000.0
@@ -64,6 +71,9 @@ class Hyperparameters(FitConfig):
                 f"need --context-length >= 1, --num-layers >= 1 and --embed-dim divisible by --num-heads; got "
                 f"{self.context_length}, {self.num_layers}, {self.embed_dim} and {self.num_heads}.")
         require(self.return_scale > 0, f"--return-scale must be > 0, got {self.return_scale}.")
+        require(0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}.")
+        require(self.lr_schedule in ("constant", "cosine"),
+                f"unknown --lr-schedule {self.lr_schedule!r}: use 'constant' or 'cosine'.")
 
 
 @dataclasses.dataclass
@@ -101,6 +111,9 @@ class ReturnTokens(NamedTuple):
     reward_shift: float = 0.0
     discount: float = 1.0
     value_factor: float | None = None
+    candidates: tuple[float, ...] = ()
+    """With ``value_factor``: several tokens ``c * V(s_t)``, one per factor c, are tried at every step and the
+    action the critic's Q rates highest is taken (QT's inference rule)."""
 
 
 class Critic(NamedTuple):
@@ -128,10 +141,14 @@ def network(config: Hyperparameters, act_dim: int) -> DecisionTransformer:
 
 
 def optimizer(config: Hyperparameters) -> optax.GradientTransformation:
-    """AdamW with linear warm-up and global-norm clipping (as CORL)."""
+    """AdamW with linear warm-up and global-norm clipping (as CORL), then a constant or cosine-decayed rate."""
     warmup = lambda count: config.learning_rate * jnp.minimum((count + 1) / max(config.warmup_steps, 1), 1.0)
+    schedule = warmup
+    if config.lr_schedule == "cosine":
+        decay = optax.cosine_decay_schedule(1.0, max(config.steps - config.warmup_steps, 1))
+        schedule = lambda count: warmup(count) * decay(jnp.maximum(count - config.warmup_steps, 0))
     return optax.chain(optax.clip_by_global_norm(config.grad_clip),
-                       optax.adamw(warmup, weight_decay=config.weight_decay))
+                       optax.adamw(schedule, weight_decay=config.weight_decay))
 
 
 def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
@@ -191,6 +208,8 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
                  "return_target": jnp.asarray(returns.target, jnp.float32)}
         if critic is not None:
             state["critic"] = critic.state
+        if config.ema:
+            state["ema_params"] = params
         return state
 
     def sample(fields: Fields, key: jax.Array) -> dict:
@@ -222,13 +241,16 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
 
         step = gradient_step(loss_fn, opt, state["params"], state["opt"], has_aux=True)
         new_state = dict(state, params=step.params, opt=step.opt_state)
+        if config.ema:
+            new_state["ema_params"] = polyak(state["ema_params"], step.params, 1.0 - config.ema)
         if finetune is not None:
             new_state["critic"] = critic_state
         return new_state, {"train/loss": step.loss, **step.aux, "train/grad_norm": optax.tree.norm(step.grads),
                            **metrics}
 
     def policy_params(state: dict) -> Params:
-        return {k: state[k] for k in ("params", "obs_stats", "return_target", "critic") if k in state}
+        params = {k: state[k] for k in ("params", "obs_stats", "return_target", "critic") if k in state}
+        return dict(params, params=state["ema_params"]) if config.ema else params
 
     return Learner(fields=fields, init=init, update=update, sample=sample,
                    policy=sequence_policy(model, length, config.return_scale, returns, critic),
@@ -277,12 +299,23 @@ def sequence_policy(model: DecisionTransformer, length: int, return_scale: float
         window = {
             "observations": push(carry["observations"], normalize(obs, params["obs_stats"])),
             "actions": push(carry["actions"], jnp.zeros_like(carry["actions"][:, 0])),
-            "returns": push(carry["returns"], token / return_scale),
             "timesteps": push(carry["timesteps"], step),
         }
-        predicted = model.apply(params["params"], window["returns"], window["observations"], window["actions"],
-                                window["timesteps"])
-        action = predicted[envs, position]
+
+        def action_for(token: jax.Array) -> tuple[jax.Array, jax.Array]:
+            tokens = push(carry["returns"], token / return_scale)
+            predicted = model.apply(params["params"], tokens, window["observations"], window["actions"],
+                                    window["timesteps"])
+            return predicted[envs, position], tokens
+
+        if returns.candidates and returns.value_factor is not None:
+            options = jnp.asarray(returns.candidates)[:, None] / returns.value_factor * token  # (candidates, envs)
+            actions, tokens = jax.vmap(action_for)(options)
+            q = jax.vmap(lambda a: critic.q_value(params["critic"], obs, a))(actions)
+            best = jnp.argmax(q, axis=0)
+            action, window["returns"] = actions[best, envs], tokens[best, envs]
+        else:
+            action, window["returns"] = action_for(token)
         window["actions"] = window["actions"].at[envs, position].set(action)
         return dict(window, target=target, step=step + 1), action
 

@@ -35,7 +35,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import time
-from typing import Any
+from typing import Any, Literal
 
 import jax
 import numpy as np
@@ -76,6 +76,12 @@ class Config(RunConfig, dt.Hyperparameters):
     target decremented by observed rewards)."""
     value_factor: float = 1.0
     """Multiplies V(s_t) in the dynamic token (>= 1 asks for more than the value estimate)."""
+    candidates: tuple[float, ...] = ()
+    """QT's inference rule: try the tokens c * value_factor * V(s_t) for each factor c here (e.g. 1 1.5 2) at every
+    step and act with the action the critic's Q rates highest; empty: the one token."""
+    return_relabel: Literal["none", "max-value"] = "none"
+    """'max-value': QDT's relabelling of the training tokens, R_t <- max(r_t + gamma R_{t+1}, V(s_t)) backwards
+    along every trajectory, so that the transformer can stitch; 'none': the returns-to-go themselves."""
     target_return: float | None = None
     """Classic mode only: the first step's target in V's units (discounted, scaled rewards); default: the largest
     return-to-go label at an episode start of the training data."""
@@ -99,6 +105,9 @@ class Config(RunConfig, dt.Hyperparameters):
         super().__post_init__()
         require(self.loss_on in LOSS_ON, f"unknown --loss-on {self.loss_on!r}: use one of {', '.join(LOSS_ON)}.")
         require(self.rtg_mode in RTG_MODES, f"unknown --rtg-mode {self.rtg_mode!r}: use 'value' or 'classic'.")
+        require(self.return_relabel in ("none", "max-value"),
+                f"unknown --return-relabel {self.return_relabel!r}: use 'none' or 'max-value'.")
+        require(not self.candidates or self.rtg_mode == "value", "--candidates needs --rtg-mode value.")
         require(self.alpha >= 0, f"--alpha must be >= 0, got {self.alpha}.")
         require(self.return_discount is None or 0 < self.return_discount <= 1,
                 f"--return-discount must be in (0, 1], got {self.return_discount}.")
@@ -136,6 +145,7 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
         reward_shift=shift,
         discount=token_discount(config),
         value_factor=config.value_factor if config.rtg_mode == "value" else None,
+        candidates=tuple(config.candidates),
     )
     if config.finetune_critic:
         base = iql.make_learner(config.iql, data)
@@ -144,9 +154,10 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
         critic_state = iql_state
     else:
         finetune = None
-        critic_state = {k: iql_state[k] for k in ("critic_target", "value", "obs_stats", "reward_scale")}
+        critic_state = {k: iql_state[k] for k in ("critic_target", "value", "value_high", "obs_stats", "reward_scale")
+                        if k in iql_state}
     critic = dt.Critic(state=critic_state, q_value=functools.partial(iql.q_value, config.iql),
-                       value=functools.partial(iql.value, config.iql), finetune=finetune)
+                       value=functools.partial(iql.planning_value, config.iql), finetune=finetune)
     return dt.make_learner(config, data, returns, critic, config.alpha, loss_mask=loss_mask(data, config.loss_on))
 
 
@@ -174,7 +185,8 @@ def training_data(config: Config, dataset: Dataset, run: Run, env_id: str | None
     if config.augment.ratio <= 0:
         announce(run, 2, "world model skipped (--augment.ratio 0: no augmentation)")
         announce(run, 3, "augmentation skipped; return labels of the real data")
-        return iql_state, dataset, augmentation.return_labels(dataset, token_values), dataset.timesteps(), info
+        labels = relabelled(config, dataset, augmentation.return_labels(dataset, token_values), token_values)
+        return iql_state, dataset, labels, dataset.timesteps(), info
     announce(run, 2, "ensemble world model" + (f" from {config.world_model}" if config.world_model else ""))
     model, info["world_model"] = stages.world_model_stage(config.ensemble, dataset, config.seed, config.progress,
                                                           config.world_model, config.cache_dir)
@@ -184,7 +196,12 @@ def training_data(config: Config, dataset: Dataset, run: Run, env_id: str | None
                                                            [iql_info["key"], info["world_model"]["key"]])
     labels = (augmented.infos["return_to_go"] if config.return_discount is None
               else augmentation.return_labels(augmented, token_values))
-    return iql_state, augmented, labels, augmented.infos["timesteps"], info
+    return iql_state, augmented, relabelled(config, augmented, labels, token_values), augmented.infos["timesteps"], info
+
+
+def relabelled(config: Config, data: Dataset, labels: np.ndarray, values: augmentation.ValueFunctions) -> np.ndarray:
+    """The training tokens' labels after ``--return-relabel``."""
+    return augmentation.max_value_relabel(data, labels, values) if config.return_relabel == "max-value" else labels
 
 
 def train(config: Config, dataset: Dataset, run: Run, env_id: str) -> dict[str, Any]:

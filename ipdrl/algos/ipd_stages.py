@@ -68,11 +68,11 @@ def file_digest(*paths: Path) -> str:
 
 def value_functions(iql_config: iql.Hyperparameters, iql_state: dict, act_dim: int) -> ValueFunctions:
     """What augmentation needs from a trained IQL state: Q, V, the AWR policy, gamma and the reward scaling."""
-    state = {k: iql_state[k] for k in ("critic_target", "value", "actor", "obs_stats")}
+    state = {k: iql_state[k] for k in ("critic_target", "value", "value_high", "actor", "obs_stats") if k in iql_state}
     scale, shift = (float(x) for x in np.asarray(iql_state["reward_scale"]))
     return ValueFunctions(
         q=functools.partial(iql.q_value, iql_config, state),
-        v=functools.partial(iql.value, iql_config, state),
+        v=functools.partial(iql.planning_value, iql_config, state),
         policy=lambda obs: iql.awr_distribution(iql_config, state, obs, act_dim),
         gamma=float(iql_config.discount),
         reward_scale=scale,

@@ -42,12 +42,18 @@ class Hyperparameters(FitConfig):
     """'locomotion': r * 1000/(max_ret - min_ret); 'antmaze': r - 1; 'none'."""
     normalize_observations: bool = False
     actor_cosine_decay: bool = True
+    planning_expectile: float | None = None
+    """Also train a second value V_high towards the same targets with this (higher) expectile, e.g. 0.9: a
+    quasi-optimal value for IPD to plan, bootstrap and condition on, while the critic's TD target and the AWR
+    actor keep the main expectile's V. None: no second value."""
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.reward_mode in REWARD_MODES,
                 f"unknown --reward-mode {self.reward_mode!r}: use locomotion, antmaze or none.")
         require(0.0 < self.expectile < 1.0, f"--expectile must be in (0, 1), got {self.expectile}.")
+        require(self.planning_expectile is None or 0.0 < self.planning_expectile < 1.0,
+                f"--planning-expectile must be in (0, 1), got {self.planning_expectile}.")
 
 
 @dataclasses.dataclass
@@ -89,6 +95,12 @@ def value(config: Hyperparameters, state: dict, obs: jax.Array) -> jax.Array:
     return value_net.apply(state["value"], normalize(obs, state["obs_stats"]))
 
 
+def planning_value(config: Hyperparameters, state: dict, obs: jax.Array) -> jax.Array:
+    """The value IPD plans and conditions with: V_high when trained (``planning_expectile``), else V."""
+    _, value_net, _ = networks(config, 1)
+    return value_net.apply(state.get("value_high", state["value"]), normalize(obs, state["obs_stats"]))
+
+
 def awr_distribution(config: Hyperparameters, state: dict, obs: jax.Array, act_dim: int) -> tuple[jax.Array, jax.Array]:
     """(mean, log_std) of the AWR policy (the MPC proposal prior in IPD)."""
     _, _, actor = networks(config, act_dim)
@@ -111,7 +123,7 @@ def make_learner(config: Hyperparameters, dataset: Dataset) -> Learner:
         critic_params = critic.init(k1, obs, act)
         value_params = value_net.init(k2, obs)
         actor_params = actor.init(k3, obs)
-        return {
+        state = {
             "critic": critic_params,
             "critic_target": critic_params,
             "value": value_params,
@@ -122,6 +134,10 @@ def make_learner(config: Hyperparameters, dataset: Dataset) -> Learner:
             "obs_stats": {k: jnp.asarray(v) for k, v in stats.items()},
             "reward_scale": jnp.asarray([scale, shift], jnp.float32),
         }
+        if config.planning_expectile is not None:  # its own key, so the other networks start as without it
+            state["value_high"] = value_net.init(jax.random.fold_in(key, 1), obs)
+            state["value_high_opt"] = value_opt.init(state["value_high"])
+        return state
 
     def update(state: dict, batch: dict, key: jax.Array) -> tuple[dict, dict]:
         obs = normalize(batch["observations"], state["obs_stats"])
@@ -167,6 +183,11 @@ def make_learner(config: Hyperparameters, dataset: Dataset) -> Learner:
             value_opt=value.opt_state,
             actor_opt=policy.opt_state,
         )
+        if config.planning_expectile is not None:
+            high = gradient_step(lambda params: expectile_loss(target_q - value_net.apply(params, obs),
+                                                               config.planning_expectile).mean(),
+                                 value_opt, state["value_high"], state["value_high_opt"])
+            new_state.update(value_high=high.params, value_high_opt=high.opt_state)
         metrics = {
             "train/critic_loss": critic_step.loss,
             "train/value_loss": value.loss,

@@ -25,7 +25,7 @@ from ipdrl.augmentation.orchestration import augment
 from ipdrl.augmentation.config import BUDGETS, MODES, REJECTIONS, AugmentConfig
 from ipdrl.augmentation.episodes import added_episodes, copied_prefixes, imagined_steps
 from ipdrl.augmentation.report import plot_report
-from ipdrl.augmentation.values import ValueFunctions, return_labels
+from ipdrl.augmentation.values import ValueFunctions, max_value_relabel, return_labels
 
 __all__ = ["AugmentConfig", "BUDGETS", "MODES", "REJECTIONS", "ValueFunctions", "added_episodes", "augment",
-           "copied_prefixes", "imagined_steps", "plot_report", "return_labels"]
+           "copied_prefixes", "imagined_steps", "max_value_relabel", "plot_report", "return_labels"]

@@ -24,7 +24,11 @@ class AugmentConfig(PlannerConfig):
     min_rollout_length: int = 5
     """Segments cut shorter than this by uncertainty or termination are rejected."""
     prefix_length: int = 20
-    """Real steps copied before each imagined segment (the sequence policy's context length K)."""
+    """Real steps copied before each imagined segment (the sequence policy's context length K) in 'add' mode."""
+    attach: Literal["add", "splice"] = "add"
+    """'add': a new episode of the ``prefix_length`` real steps before the branch point, then the segment.
+    'splice': the segment replaces the real continuation inside its source trajectory: the new episode is the
+    whole real prefix from the episode's start, so its return-to-go labels carry the improved continuation."""
     suboptimality_steps: int = 10
     """n of the n-step sub-optimality delta_t."""
     branch_fraction: float = 0.1
@@ -44,6 +48,8 @@ class AugmentConfig(PlannerConfig):
     """kappa = this quantile of U over the dataset's own (s, a) pairs."""
     kappa: float | None = None
     """Fixed uncertainty threshold instead of the calibrated quantile."""
+    kappa_scale: float = 1.0
+    """kappa = this multiple of the quantile (MACURA's xi; up to 30 on hopper there)."""
     reject_terminated: bool = True
     """Reject segments that end in a predicted termination (a near-optimal replacement should not fall over)."""
 
@@ -56,6 +62,10 @@ class AugmentConfig(PlannerConfig):
         if self.ratio < 0 or not 1 <= self.min_rollout_length <= self.rollout_length:
             raise ValueError(f"need ratio >= 0 and 1 <= min_rollout_length <= rollout_length; got ratio={self.ratio}, "
                              f"min_rollout_length={self.min_rollout_length}, rollout_length={self.rollout_length}.")
+        if self.attach not in ("add", "splice"):
+            raise ValueError(f"unknown --augment.attach {self.attach!r}: use 'add' or 'splice'.")
+        if self.kappa_scale <= 0:
+            raise ValueError(f"--augment.kappa-scale must be > 0, got {self.kappa_scale}.")
         if not 0.0 < self.branch_fraction <= 1.0:
             raise ValueError(f"branch_fraction must be in (0, 1], got {self.branch_fraction}.")
 

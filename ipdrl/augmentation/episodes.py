@@ -12,8 +12,9 @@ def timesteps_of(dataset: Dataset) -> np.ndarray:
     return np.asarray(dataset.infos.get("timesteps", dataset.timesteps()), np.int32)
 
 
-def new_episodes(dataset: Dataset, segments: list[dict[str, np.ndarray]], prefix_length: int) -> Dataset:
-    """One episode per accepted segment: the real prefix ending at the branch point, then the imagined steps."""
+def new_episodes(dataset: Dataset, segments: list[dict[str, np.ndarray]], prefix_length: int | None) -> Dataset:
+    """One episode per accepted segment: the real prefix ending at the branch point (its last ``prefix_length``
+    steps, or all of it from the episode's start when None), then the imagined steps."""
     timesteps = timesteps_of(dataset)
     episode_start = np.repeat(dataset.episode_starts, dataset.episode_lengths())
     parts: dict[str, list[np.ndarray]] = {k: [] for k in ("observations", "actions", "rewards", "next_observations",
@@ -21,7 +22,8 @@ def new_episodes(dataset: Dataset, segments: list[dict[str, np.ndarray]], prefix
     info_parts: dict[str, list[np.ndarray]] = {k: [] for k in dataset.infos}
     for segment in segments:
         t, length = segment["branch"], segment["length"]
-        prefix = np.arange(max(episode_start[t], t - prefix_length), t)
+        first = episode_start[t] if prefix_length is None else max(episode_start[t], t - prefix_length)
+        prefix = np.arange(first, t)
         for key in ("observations", "actions", "rewards", "next_observations"):
             parts[key].append(np.concatenate([getattr(dataset, key)[prefix], segment[key][:length]]).astype(np.float32))
         terminals = np.zeros(len(prefix) + length, bool)

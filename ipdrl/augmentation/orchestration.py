@@ -53,6 +53,7 @@ def augment(dataset: Dataset, values: ValueFunctions, model: EnsembleModel, conf
     else:
         kappa, data_uncertainty = ensemble.uncertainty_threshold(model, dataset.observations, dataset.actions,
                                                                  config.uncertainty, config.kappa_quantile)
+        kappa *= config.kappa_scale
     target = int(round(config.ratio * dataset.size))
     planner = PlannerConfig(**{f.name: getattr(config, f.name) for f in dataclasses.fields(PlannerConfig)})
     rollout = functools.partial(imagined_rollouts, values=values, planner=planner, mode=config.mode,
@@ -107,7 +108,7 @@ def augment(dataset: Dataset, values: ValueFunctions, model: EnsembleModel, conf
 
     base = dataset.replace(infos={**dataset.infos, "timesteps": episodes.timesteps_of(dataset),
                                   "imagined": episodes.imagined_steps(dataset)})
-    augmented = concatenate([base, episodes.new_episodes(dataset, segments, config.prefix_length)]) if segments else base
+    augmented = concatenate([base, episodes.new_episodes(dataset, segments, config.prefix_length if config.attach == "add" else None)]) if segments else base
     augmented = augmented.replace(infos={**augmented.infos, "return_to_go": return_labels(augmented, values)})
     seconds = earlier_seconds + time.perf_counter() - started
     report = make_report(config, tried, segments, candidates, delta, kappa, data_uncertainty, dataset, augmented,

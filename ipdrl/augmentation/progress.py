@@ -38,7 +38,9 @@ def signature(config: AugmentConfig, seed: int, dataset: Dataset, kappa: float, 
     digest = hashlib.sha256(candidates.tobytes())
     for leaf in jax.tree_util.tree_leaves(model["params"]):
         digest.update(np.asarray(leaf).tobytes())
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("ratio", "max_passes")}
+    # The ratio and passes only say when to stop; the prefix and attach mode only how segments become episodes.
+    unused = ("ratio", "max_passes", "prefix_length", "attach")
+    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in unused}
     return {"config": settings, "seed": seed, "size": dataset.size, "kappa": kappa, "inputs": digest.hexdigest()}
 
 

@@ -39,6 +39,26 @@ def return_labels(dataset: Dataset, values: ValueFunctions) -> np.ndarray:
     return discounted_to_go(rewards, bootstrap, dataset.episode_starts, ends, values.gamma).astype(np.float32)
 
 
+def max_value_relabel(dataset: Dataset, labels: np.ndarray, values: ValueFunctions) -> np.ndarray:
+    """QDT's relabelling: backwards along each episode, ``R_t <- max(r_t + gamma R_{t+1}, V(s_t))`` (the episode's
+    last label kept or raised to its V), so that a step of a poor trajectory asks for what the value function says
+    is reachable from it. float32, shape (N,)."""
+    state_values = map_batches(values.v, dataset.observations).astype(np.float64)
+    rewards = values.scale(dataset.rewards.astype(np.float64))
+    out = np.asarray(labels, np.float64).copy()
+    starts, ends = dataset.episode_starts, dataset.episode_ends
+    lengths = ends - starts
+    last = ends - 1
+    acc = np.maximum(out[last], state_values[last])
+    out[last] = acc
+    for back in range(2, int(lengths.max()) + 1):  # one vectorised step per position from the end
+        live = lengths >= back
+        index = ends[live] - back
+        acc[live] = np.maximum(rewards[index] + values.gamma * acc[live], state_values[index])
+        out[index] = acc[live]
+    return out.astype(np.float32)
+
+
 class RealData(NamedTuple):
     """What continuation values of the real data need, precomputed once."""
 
