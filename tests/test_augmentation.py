@@ -290,3 +290,24 @@ def test_cli_writes_the_augmented_dataset_and_report(setup, tmp_path):
     not_iql = Run.create(tmp_path / "bc", {"algo": "bc"})
     with pytest.raises(ValueError, match="is a 'bc' run"):
         augment_command.main(["--dataset", str(data_path), "--iql-run", str(not_iql.path), "--out", str(out)])
+
+
+def test_max_value_relabel_raises_labels_to_the_value_backwards(setup):
+    dataset, values, _, _, _ = setup
+    labels = augmentation.return_labels(dataset, values)
+    relabelled = augmentation.max_value_relabel(dataset, labels, values)
+    v = np.asarray(jax.jit(values.v)(dataset.observations))
+    assert np.all(relabelled >= np.maximum(labels, v) - 1e-4)
+    t = int(dataset.episode_starts[1])  # inside an episode: R_t = max(r_t + gamma R_{t+1}, V(s_t))
+    expected = max(values.scale(float(dataset.rewards[t])) + values.gamma * relabelled[t + 1], v[t])
+    assert relabelled[t] == pytest.approx(expected, rel=1e-4)
+
+
+def test_splice_attaches_each_segment_to_its_whole_real_prefix(setup):
+    dataset, values, model, _, _ = setup
+    plenty = dataset.replace(rewards=np.full(dataset.size, -1000.0, np.float32))  # every segment is accepted
+    spliced, report = augment(plenty, values, model, dataclasses.replace(CONFIG, attach="splice"), seed=0,
+                              progress=False)
+    added = spliced.select(np.arange(dataset.size, spliced.size))
+    assert report["accepted"] > 0
+    assert np.all(added.infos["timesteps"][added.episode_starts] == 0)  # every added episode starts at its start

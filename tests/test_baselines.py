@@ -197,3 +197,14 @@ def test_interrupted_rebrac_run_resumes_to_identical_parameters(rebrac_run, hopp
 
     assert (full_run / "checkpoint.msgpack").read_bytes() == (tmp_path / "cut" / "checkpoint.msgpack").read_bytes()
     assert resumed["returns"] == full_results["returns"]
+
+
+def test_a_planning_value_trains_beside_iql_without_changing_it():
+    dataset = synthetic_dataset(episodes=6, length=20)
+    plain, high = (iql.Config(hidden_dims=(32, 32), batch_size=64, steps=200, planning_expectile=e) for e in (None, 0.9))
+    states = [fit(iql.make_learner(config, dataset), 200, seed=0, log_every=100) for config in (plain, high)]
+    for key in ("critic", "value", "actor"):
+        assert same(states[0][key], states[1][key]), key  # IQL itself is untouched
+    obs = jnp.asarray(dataset.observations)
+    assert float(iql.planning_value(high, states[1], obs).mean()) > float(iql.value(high, states[1], obs).mean())
+    assert np.array_equal(iql.planning_value(plain, states[0], obs), iql.value(plain, states[0], obs))

@@ -220,3 +220,47 @@ def test_dt_policy_runs_in_hopper_evaluation():
     result = evaluate(learner.policy, params, "Hopper-v5", episodes=2, seed=0, reference=envs.reference_for("hopper"), max_steps=15)
     assert len(result["returns"]) == 2 and all(1 <= n <= 15 for n in result["lengths"])
     assert np.isfinite(result["normalized_mean"])
+
+
+def test_return_candidates_act_with_the_action_the_critic_rates_highest():
+    dataset = synthetic_dataset(episodes=4, length=10, obs_dim=3, act_dim=2)
+    config = dt.Config(**dict(TINY, return_scale=1.0))
+    base = dict(labels=np.zeros(dataset.size), timesteps=dataset.timesteps(), target=1.0, value_factor=1.0)
+    learner = dt.make_learner(config, dataset, returns=dt.ReturnTokens(**base, candidates=(1.0, 5.0, 25.0)),
+                              critic=toy_critic(0.3))
+    params = learner.policy_params(learner.init(jax.random.PRNGKey(0)))
+    params["params"] = jax.tree_util.tree_map(lambda x: 5.0 * x, params["params"])  # tokens move the actions
+    obs = jnp.asarray(np.random.default_rng(1).normal(size=(2, 3)), jnp.float32)
+    carry, action = jax.jit(learner.policy.act)(params, learner.policy.init_carry(params, 2), obs, jnp.zeros(2),
+                                                jax.random.PRNGKey(0))
+    singles = []
+    for factor in (1.0, 5.0, 25.0):
+        one = dt.make_learner(config, dataset, returns=dt.ReturnTokens(**dict(base, value_factor=factor)),
+                              critic=toy_critic(0.3))
+        singles.append(jax.jit(one.policy.act)(params, one.policy.init_carry(params, 2), obs, jnp.zeros(2),
+                                               jax.random.PRNGKey(0))[1])
+    q = np.stack([np.asarray(toy_critic(0.3).q_value({"target": 0.3}, obs, a)) for a in singles])
+    assert len({tuple(np.round(np.asarray(a).ravel(), 5)) for a in singles}) == 3  # the candidates differ
+    np.testing.assert_allclose(action, np.stack(singles)[q.argmax(0), np.arange(2)], rtol=1e-5, atol=1e-6)
+    best_token = np.asarray([1.0, 5.0, 25.0])[q.argmax(0)] * obs.sum(-1)
+    np.testing.assert_allclose(carry["returns"][:, 0], best_token, rtol=1e-5)  # the chosen token is remembered
+
+
+def test_cosine_schedule_ends_at_zero_and_ema_weights_are_what_the_policy_acts_with():
+    dataset = synthetic_dataset(episodes=4, length=10, obs_dim=3, act_dim=2)
+    config = dt.Config(**dict(TINY, steps=40, warmup_steps=10, lr_schedule="cosine", ema=0.9, learning_rate=1e-2))
+    learner = dt.make_learner(config, dataset)
+    state = fit(learner, 40, seed=0, log_every=20)
+    params = learner.policy_params(state)
+    assert all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(params["params"]),
+                                                     jax.tree_util.tree_leaves(state["ema_params"])))
+    assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(state["ema_params"]),
+                                                         jax.tree_util.tree_leaves(state["params"])))
+    # The schedule itself: warm-up to the peak, then cosine down to zero at the last update.
+    rates = []
+    probe = dt.optimizer(config)
+    opt_state = probe.init({"w": jnp.zeros(())})
+    for _ in range(41):
+        updates, opt_state = probe.update({"w": jnp.ones(())}, opt_state, {"w": jnp.zeros(())})
+        rates.append(float(-updates["w"]))
+    assert max(rates) == pytest.approx(1e-2, rel=0.05) and rates[-1] < 1e-4
