@@ -40,7 +40,7 @@ FAMILIES: dict[str, Family] = {
         Family("walker2d", "Walker2d-v5", 1.629008, 4592.3),
         Family("ant", "Ant-v5", -325.6, 3879.7),
         Family("antmaze", None, 0.0, 1.0),
-        Family("kitchen", None, 0.0, 4.0, dataset_returns_normalizable=False),
+        Family("kitchen", "FrankaKitchen-v1", 0.0, 4.0, dataset_returns_normalizable=False),
         Family("pen", None, 96.262799, 3076.8331017826877),
         Family("hammer", None, -274.856578, 12794.134825156867),
         Family("door", None, -56.512833, 2880.5693087298737),
@@ -49,6 +49,7 @@ FAMILIES: dict[str, Family] = {
 }
 
 _GYM_TO_FAMILY = {f.env_id: f.name for f in FAMILIES.values() if f.env_id}
+ROBOTICS_PREFIXES = ("FrankaKitchen", "AntMaze_", "PointMaze_", "AdroitHand")  # made by ipdrl.robotics
 
 
 def family_of(name: str) -> Family | None:
@@ -104,13 +105,18 @@ def env_id_for(dataset_name: str, metadata: Mapping[str, Any] | None = None) -> 
 
 
 def make_env(env_id: str, seed: int | None = None):
-    """A Gymnasium env with a clear error for unknown ids."""
+    """A Gymnasium env with a clear error for unknown ids (gymnasium-robotics' through :mod:`ipdrl.robotics`)."""
     import gymnasium as gym
 
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # mujoco 4's settotalmass deprecation notice in half_cheetah.xml
         try:
-            env = gym.make(env_id)
+            if env_id.startswith(ROBOTICS_PREFIXES):
+                from ipdrl import robotics
+
+                env = robotics.make(env_id)
+            else:
+                env = gym.make(env_id)
         except gym.error.Error as err:
             raise ValueError(f"cannot make Gymnasium environment {env_id!r}: {err}") from None
     if seed is not None:

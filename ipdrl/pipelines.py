@@ -35,6 +35,10 @@ def prepare(config: RunConfig, dataset: Dataset) -> tuple[str, Dataset]:
     bounds = envs.ActionBounds.of(env)
     env.close()
     actions = bounds.check(dataset.actions, f"dataset {dataset.name!r}", env_id)
+    if env_id == "FrankaKitchen-v1":
+        from ipdrl import robotics
+
+        dataset = robotics.kitchen_rewards(dataset)
     if actions is dataset.actions and bounds.unit:
         return env_id, dataset
     return env_id, dataset.replace(actions=bounds.to_policy(actions))

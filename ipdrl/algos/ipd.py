@@ -125,6 +125,7 @@ BUDGETS = {
 # uses eta 3.0 on hopper-medium-replay and 5.0 (with K 5) on halfcheetah-medium-replay (1.0 is hopper-medium's).
 PRESETS = {family: {"iql": settings} for family, settings in iql.PRESETS.items()}
 PRESETS["halfcheetah"] = dict(PRESETS.get("halfcheetah", {}), alpha=0.4)
+PRESETS["kitchen"] = dict(PRESETS["kitchen"], return_scale=1.0)  # V in completions: a few units at most
 
 
 def announce(run: Run, stage: int, text: str) -> None:
