@@ -264,3 +264,16 @@ def test_cosine_schedule_ends_at_zero_and_ema_weights_are_what_the_policy_acts_w
         updates, opt_state = probe.update({"w": jnp.ones(())}, opt_state, {"w": jnp.zeros(())})
         rates.append(float(-updates["w"]))
     assert max(rates) == pytest.approx(1e-2, rel=0.05) and rates[-1] < 1e-4
+
+
+def test_window_critic_targets_are_in_window_returns_then_the_bootstrap():
+    from ipdrl.algos.window_critic import window_targets
+
+    rewards = jnp.array([[1.0, 2.0, 3.0, 0.0], [1.0, 1.0, 1.0, 1.0]])
+    dones = jnp.array([[0.0, 0.0, 1.0, 0.0], [0.0, 0.0, 0.0, 0.0]])
+    mask = jnp.array([[1.0, 1.0, 1.0, 0.0], [1.0, 1.0, 1.0, 1.0]])  # window 0 ends at a terminal at step 2
+    targets, learn = window_targets(rewards, dones, mask, end_value=jnp.array([100.0, 10.0]), discount=0.5)
+    np.testing.assert_allclose(targets[0, :3], [1 + 0.5 * (2 + 0.5 * 3), 2 + 0.5 * 3, 3])  # no bootstrap: terminal
+    np.testing.assert_allclose(targets[1], [1 + 0.5 * (1 + 0.5 * (1 + 0.5 * 10)), 1 + 0.5 * (1 + 0.5 * 10),
+                                            1 + 0.5 * 10, 10])
+    np.testing.assert_array_equal(learn, [[1, 1, 1, 0], [1, 1, 1, 0]])  # a bootstrapped last step does not learn

@@ -20,6 +20,7 @@ import numpy as np
 import optax
 
 from ipdrl.algos.common import learner_algorithm
+from ipdrl.algos.window_critic import WindowCritic
 from ipdrl.config import FitConfig, RunConfig, require
 from ipdrl.data.dataset import Dataset, Fields, sample_segments, segment_fields
 from ipdrl.data.statistics import normalize, observation_stats
@@ -166,10 +167,13 @@ CRITIC_PREFIX = "critic/"
 
 
 def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnTokens | None = None, critic: Critic | None = None,
-                 alpha: float = 0.0, loss_mask: np.ndarray | None = None) -> Learner:
+                 alpha: float = 0.0, loss_mask: np.ndarray | None = None, own_critic: WindowCritic | None = None
+                 ) -> Learner:
     """The sequence-policy learner. Defaults give the classic DT; IPD passes discounted value-unit ``returns``,
     its IQL ``critic`` and ``alpha`` (loss = MSE(a_hat, a) - alpha * Q(s, a_hat) / mean|Q|). ``loss_mask`` (one
-    bool per transition) leaves the masked-out transitions in the windows as context but out of the loss."""
+    bool per transition) leaves the masked-out transitions in the windows as context but out of the loss.
+    ``own_critic``: guide (and choose return candidates) by a critic of the policy's own actions trained alongside
+    (:mod:`ipdrl.algos.window_critic`) instead of ``critic``'s Q; rewards in ``returns``' units."""
     returns = returns or classic_returns(config, dataset)
     if (alpha > 0 or returns.value_factor is not None) and critic is None:
         raise ValueError("value guidance (alpha > 0) and value-conditioned return tokens need a critic: use "
@@ -196,6 +200,9 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
         fields["learn"] = np.asarray(loss_mask, np.float32)
     if finetune is not None:
         fields.update({CRITIC_PREFIX + k: v for k, v in finetune.fields.items()})
+    if own_critic is not None:
+        fields["rewards"] = (dataset.rewards * returns.reward_scale + returns.reward_shift).astype(np.float32)
+        fields["dones"] = dataset.terminals.astype(np.float32)
 
     @jax.jit  # one compilation instead of hundreds of eagerly compiled small ops
     def init_params(key: jax.Array) -> tuple[Params, Any]:
@@ -211,6 +218,8 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
             state["critic"] = critic.state
         if config.ema:
             state["ema_params"] = params
+        if own_critic is not None:
+            state["own_critic"] = own_critic.init(jax.random.fold_in(key, 2), obs_dim, act_dim, params)
         return state
 
     def sample(fields: Fields, key: jax.Array) -> dict:
@@ -230,14 +239,22 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
             critic_state, critic_metrics = finetune.update(critic_state, batch["critic"], critic_key)
             metrics.update({k.replace("train/", "train/finetune_"): v for k, v in critic_metrics.items()})
         mask = batch["mask"] * batch["learn"] if "learn" in batch else batch["mask"]
+        obs = normalize(batch["observations"], state["obs_stats"])
+        own_state = state.get("own_critic")
+        if own_critic is not None:
+            end_actions = model.apply(own_state["policy_ema"], batch["returns"], obs, batch["actions"], batch["timesteps"])
+            own_state, own_metrics = own_critic.update(own_state, obs, batch, jax.lax.stop_gradient(end_actions))
+            metrics.update(own_metrics)
+        q_value = ((lambda actions: own_critic.q(own_state, obs, actions)) if own_critic is not None
+                   else (lambda actions: critic.q_value(critic_state, batch["observations"], actions)))
 
         def loss_fn(params):
-            predicted = model.apply(params, batch["returns"], normalize(batch["observations"], state["obs_stats"]),
-                                    batch["actions"], batch["timesteps"], train=True, rngs={"dropout": dropout_key})
+            predicted = model.apply(params, batch["returns"], obs, batch["actions"], batch["timesteps"], train=True,
+                                    rngs={"dropout": dropout_key})
             mse = masked_mean(((predicted - batch["actions"]) ** 2).mean(-1), mask)
             if alpha <= 0:
                 return mse, {"train/action_mse": mse}
-            guidance = value_guidance(critic.q_value(critic_state, batch["observations"], predicted), mask)
+            guidance = value_guidance(q_value(predicted), mask)
             return mse - alpha * guidance, {"train/action_mse": mse, "train/q_normalized": guidance}
 
         step = gradient_step(loss_fn, opt, state["params"], state["opt"], has_aux=True)
@@ -246,15 +263,24 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
             new_state["ema_params"] = polyak(state["ema_params"], step.params, 1.0 - config.ema)
         if finetune is not None:
             new_state["critic"] = critic_state
+        if own_critic is not None:
+            new_state["own_critic"] = own_critic.track(own_state, step.params)
         return new_state, {"train/loss": step.loss, **step.aux, "train/grad_norm": optax.tree.norm(step.grads),
                            **metrics}
 
+    acting_critic = critic
+    if own_critic is not None:  # candidates are rated by the own critic; V(s_t) tokens still come from ``critic``
+        acting_critic = Critic(state=None, value=lambda s, o: critic.value(s["given"], o),
+                               q_value=lambda s, o, a: own_critic.q(s["own"], normalize(o, s["obs_stats"]), a))
+
     def policy_params(state: dict) -> Params:
         params = {k: state[k] for k in ("params", "obs_stats", "return_target", "critic") if k in state}
+        if own_critic is not None:
+            params["critic"] = {"given": state.get("critic"), "own": state["own_critic"], "obs_stats": state["obs_stats"]}
         return dict(params, params=state["ema_params"]) if config.ema else params
 
     return Learner(fields=fields, init=init, update=update, sample=sample,
-                   policy=sequence_policy(model, length, config.return_scale, returns, critic),
+                   policy=sequence_policy(model, length, config.return_scale, returns, acting_critic),
                    policy_params=policy_params)
 
 

@@ -42,6 +42,7 @@ import numpy as np
 
 from ipdrl import augmentation
 from ipdrl.algos import Algorithm, dt, iql, ipd_stages as stages, register
+from ipdrl.algos.window_critic import WindowCritic, WindowCriticConfig
 from ipdrl.augmentation import AugmentConfig
 from ipdrl.config import RunConfig, require
 from ipdrl.data.dataset import Dataset, transition_fields
@@ -87,6 +88,10 @@ class Config(RunConfig, dt.Hyperparameters):
     return-to-go label at an episode start of the training data."""
     finetune_critic: bool = False
     """Keep training the critic (IQL's losses) on D_aug alongside the policy; default: frozen."""
+    guidance_critic: Literal["iql", "own"] = "iql"
+    """Whose Q guides stage 4 (and rates --candidates): stage 1's IQL critic, or 'own': a critic of the
+    transformer's own actions trained with it on D_aug (QT's in-window n-step target, --own-critic.*)."""
+    own_critic: WindowCriticConfig = WindowCriticConfig()
     loss_on: str = "all"
     """Which steps of D_aug train the action loss; the others stay in the windows as context. 'all' (the method);
     'no-prefixes': not the real prefixes copied into the added episodes (those transitions are in the data already,
@@ -108,6 +113,8 @@ class Config(RunConfig, dt.Hyperparameters):
         require(self.return_relabel in ("none", "max-value"),
                 f"unknown --return-relabel {self.return_relabel!r}: use 'none' or 'max-value'.")
         require(not self.candidates or self.rtg_mode == "value", "--candidates needs --rtg-mode value.")
+        require(self.guidance_critic in ("iql", "own"),
+                f"unknown --guidance-critic {self.guidance_critic!r}: use 'iql' or 'own'.")
         require(self.alpha >= 0, f"--alpha must be >= 0, got {self.alpha}.")
         require(self.return_discount is None or 0 < self.return_discount <= 1,
                 f"--return-discount must be in (0, 1], got {self.return_discount}.")
@@ -159,7 +166,9 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
                         if k in iql_state}
     critic = dt.Critic(state=critic_state, q_value=functools.partial(iql.q_value, config.iql),
                        value=functools.partial(iql.planning_value, config.iql), finetune=finetune)
-    return dt.make_learner(config, data, returns, critic, config.alpha, loss_mask=loss_mask(data, config.loss_on))
+    own = WindowCritic(config.own_critic, config.iql.discount) if config.guidance_critic == "own" else None
+    return dt.make_learner(config, data, returns, critic, config.alpha, loss_mask=loss_mask(data, config.loss_on),
+                           own_critic=own)
 
 
 def loss_mask(data: Dataset, loss_on: str) -> np.ndarray | None:
