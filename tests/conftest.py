@@ -35,7 +35,8 @@ def read_first_episodes(path: Path, episodes: int, name: str) -> Dataset:
         end = int(ends[episodes - 1])
         arrays = {k: f[k][:end] for k in ["observations", "actions", "rewards", "next_observations", "terminals", "timeouts"]}
         infos = {k: f[f"infos/{k}"][:end] for k in ("qpos", "qvel") if f"infos/{k}" in f}
-    return Dataset(**arrays, infos=infos, metadata={"env": "Hopper-v5" if "hopper" in name else "HalfCheetah-v5"}, name=name)
+    env = {"hopper": "Hopper-v5", "halfcheetah": "HalfCheetah-v5", "walker2d": "Walker2d-v5"}[name.split("-")[0]]
+    return Dataset(**arrays, infos=infos, metadata={"env": env}, name=name)
 
 
 @pytest.fixture(scope="session")
@@ -48,6 +49,12 @@ def tiny_hopper() -> Dataset:
 def tiny_halfcheetah() -> Dataset:
     """Two 1000-step episodes of halfcheetah-medium-replay."""
     return read_first_episodes(shared_dataset_path("halfcheetah-medium-replay"), 2, "halfcheetah-medium-replay")
+
+
+@pytest.fixture(scope="session")
+def tiny_walker2d() -> Dataset:
+    """The first episodes of walker2d-medium-replay (made by ipdrl's own generator on Walker2d-v5)."""
+    return read_first_episodes(shared_dataset_path("walker2d-medium-replay"), 40, "walker2d-medium-replay")
 
 
 def synthetic_dataset(episodes: int = 4, length: int = 25, obs_dim: int = 11, act_dim: int = 3, seed: int = 0,

@@ -208,3 +208,18 @@ def test_a_planning_value_trains_beside_iql_without_changing_it():
     obs = jnp.asarray(dataset.observations)
     assert float(iql.planning_value(high, states[1], obs).mean()) > float(iql.value(high, states[1], obs).mean())
     assert np.array_equal(iql.planning_value(plain, states[0], obs), iql.value(plain, states[0], obs))
+
+
+@pytest.mark.parametrize("algo", ["iql", "rebrac", "dt"])
+def test_walker2d_presets_train_and_score_in_walker2d(algo, tiny_walker2d, tmp_path):
+    from ipdrl.algos import get_algorithm
+
+    path = write_d4rl(tiny_walker2d, tmp_path / "walker2d-medium-replay.hdf5")
+    config = make_config(get_algorithm(algo), str(path), "tiny", eval_episodes=1, run_dir=str(tmp_path / "run"),
+                         progress=False)
+    if algo == "rebrac":
+        assert (config.actor_bc, config.critic_bc) == (0.05, 0.01)  # the ReBRAC paper's walker2d-medium-replay
+    if algo == "dt":
+        assert config.target_return == 5000.0
+    results = train(algo, config)
+    assert results["env"] == "Walker2d-v5" and np.isfinite(results["normalized_mean"])
