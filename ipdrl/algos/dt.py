@@ -114,8 +114,9 @@ class ReturnTokens(NamedTuple):
     discount: float = 1.0
     value_factor: float | None = None
     candidates: tuple[float, ...] = ()
-    """With ``value_factor``: several tokens ``c * V(s_t)``, one per factor c, are tried at every step and the
-    action the critic's Q rates highest is taken (QT's inference rule)."""
+    """QT's inference rule: at every step the tokens ``c * token`` (one per factor c; token: the rule's own) are
+    tried and the action the critic's Q rates highest is taken; its token is the one remembered (and, under the
+    classic rule, decremented from)."""
 
 
 class Critic(NamedTuple):
@@ -335,12 +336,14 @@ def sequence_policy(model: DecisionTransformer, length: int, return_scale: float
                                     window["timesteps"])
             return predicted[envs, position], tokens
 
-        if returns.candidates and returns.value_factor is not None:
-            options = jnp.asarray(returns.candidates)[:, None] / returns.value_factor * token  # (candidates, envs)
+        if returns.candidates:
+            options = jnp.asarray(returns.candidates)[:, None] * token  # (candidates, envs)
             actions, tokens = jax.vmap(action_for)(options)
             q = jax.vmap(lambda a: critic.q_value(params["critic"], obs, a))(actions)
             best = jnp.argmax(q, axis=0)
             action, window["returns"] = actions[best, envs], tokens[best, envs]
+            if returns.value_factor is None:
+                target = options[best, envs]
         else:
             action, window["returns"] = action_for(token)
         window["actions"] = window["actions"].at[envs, position].set(action)

@@ -78,8 +78,9 @@ class Config(RunConfig, dt.Hyperparameters):
     value_factor: float = 1.0
     """Multiplies V(s_t) in the dynamic token (>= 1 asks for more than the value estimate)."""
     candidates: tuple[float, ...] = ()
-    """QT's inference rule: try the tokens c * value_factor * V(s_t) for each factor c here (e.g. 1 1.5 2) at every
-    step and act with the action the critic's Q rates highest; empty: the one token."""
+    """QT's inference rule: try the tokens c * token for each factor c here (e.g. 1 1.5 2; token: value_factor *
+    V(s_t), or the classic rule's target) at every step and act with the action the critic's Q rates highest;
+    empty: the one token."""
     return_relabel: Literal["none", "max-value"] = "none"
     """'max-value': QDT's relabelling of the training tokens, R_t <- max(r_t + gamma R_{t+1}, V(s_t)) backwards
     along every trajectory, so that the transformer can stitch; 'none': the returns-to-go themselves."""
@@ -112,7 +113,6 @@ class Config(RunConfig, dt.Hyperparameters):
         require(self.rtg_mode in RTG_MODES, f"unknown --rtg-mode {self.rtg_mode!r}: use 'value' or 'classic'.")
         require(self.return_relabel in ("none", "max-value"),
                 f"unknown --return-relabel {self.return_relabel!r}: use 'none' or 'max-value'.")
-        require(not self.candidates or self.rtg_mode == "value", "--candidates needs --rtg-mode value.")
         require(self.guidance_critic in ("iql", "own"),
                 f"unknown --guidance-critic {self.guidance_critic!r}: use 'iql' or 'own'.")
         require(self.alpha >= 0, f"--alpha must be >= 0, got {self.alpha}.")
