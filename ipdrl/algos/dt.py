@@ -12,7 +12,7 @@ its own batches alongside the policy. See :mod:`ipdrl.algos.ipd`.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, Callable, Literal, NamedTuple
+from typing import Any, Literal
 
 import jax
 import jax.numpy as jnp
@@ -20,11 +20,12 @@ import numpy as np
 import optax
 
 from ipdrl.algos.common import learner_algorithm
+from ipdrl.algos.sequence_policy import Critic, ReturnTokens, sequence_policy
 from ipdrl.algos.window_critic import WindowCritic
 from ipdrl.config import FitConfig, RunConfig, require
 from ipdrl.data.dataset import Dataset, Fields, sample_segments, segment_fields
 from ipdrl.data.statistics import normalize, observation_stats
-from ipdrl.evaluation import Params, Policy
+from ipdrl.evaluation import Params
 from ipdrl.networks import polyak
 from ipdrl.training import Learner, gradient_step
 from ipdrl.transformer import DecisionTransformer
@@ -95,42 +96,6 @@ PRESETS = {
     "walker2d": dict(target_return=5000.0),
     "ant": dict(target_return=6000.0),
 }
-
-
-class ReturnTokens(NamedTuple):
-    """What the return token means: a training label per transition and the rule that sets it while acting.
-
-    ``labels`` are returns-to-go in "return units" (tokens are ``labels / return_scale``); ``timesteps`` are the
-    transitions' positions in their episodes. Acting, the token is ``value_factor * V(s_t)`` recomputed at every
-    step when ``value_factor`` is set (needs a :class:`Critic`), else the classic rule: ``target`` at the first step,
-    then ``(R - (r * reward_scale + reward_shift)) / discount`` after each observed raw reward r.
-    """
-
-    labels: np.ndarray
-    timesteps: np.ndarray
-    target: float
-    reward_scale: float = 1.0
-    reward_shift: float = 0.0
-    discount: float = 1.0
-    value_factor: float | None = None
-    candidates: tuple[float, ...] = ()
-    """QT's inference rule: at every step the tokens ``c * token`` (one per factor c; token: the rule's own) are
-    tried and the action the critic's Q rates highest is taken; its token is the one remembered (and, under the
-    classic rule, decremented from)."""
-
-
-class Critic(NamedTuple):
-    """A trained critic for a sequence policy: ``q_value(state, obs, actions)`` guides the actions,
-    ``value(state, obs)`` sets dynamic return tokens (both in return units, raw observations in).
-
-    ``finetune``: a learner whose ``update`` keeps training ``state`` on its own batches (its ``fields``, its
-    ``sample``) at every policy update; None keeps the critic frozen.
-    """
-
-    state: Any
-    q_value: Callable[[Any, jax.Array, jax.Array], jax.Array]
-    value: Callable[[Any, jax.Array], jax.Array]
-    finetune: Learner | None = None
 
 
 def classic_returns(config: Hyperparameters, dataset: Dataset) -> ReturnTokens:
@@ -283,73 +248,6 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
     return Learner(fields=fields, init=init, update=update, sample=sample,
                    policy=sequence_policy(model, length, config.return_scale, returns, acting_critic),
                    policy_params=policy_params)
-
-
-def sequence_policy(model: DecisionTransformer, length: int, return_scale: float, returns: ReturnTokens,
-                    critic: Critic | None = None) -> Policy:
-    """The acting policy: a per-environment window of the last ``length`` steps (same right-padded layout as
-    training), the return token set by ``returns``' rule. Params: ``{"params", "obs_stats", "return_target",
-    "critic"?}`` as :func:`make_learner`'s ``policy_params`` gives them."""
-
-    def init_carry(params: Params, num_envs: int) -> dict:
-        obs_dim = params["obs_stats"]["mean"].shape[-1]
-        act_dim = model.act_dim
-        return {
-            "observations": jnp.zeros((num_envs, length, obs_dim)),
-            "actions": jnp.zeros((num_envs, length, act_dim)),
-            "returns": jnp.zeros((num_envs, length)),
-            "timesteps": jnp.zeros((num_envs, length), jnp.int32),
-            "target": jnp.zeros(num_envs),  # remaining target of the classic rule, in return units
-            "step": jnp.zeros(num_envs, jnp.int32),
-        }
-
-    def return_token(params: Params, carry: dict, obs: jax.Array, prev_reward: jax.Array
-                     ) -> tuple[jax.Array, jax.Array]:
-        """(remaining target, return-unit token) for the current step."""
-        if returns.value_factor is not None:
-            return carry["target"], returns.value_factor * critic.value(params["critic"], obs)
-        earned = prev_reward * returns.reward_scale + returns.reward_shift
-        target = jnp.where(carry["step"] == 0, params["return_target"], (carry["target"] - earned) / returns.discount)
-        return target, target
-
-    def act(params: Params, carry: dict, obs: jax.Array, prev_reward: jax.Array, key: jax.Array):
-        step = carry["step"]
-        envs = jnp.arange(obs.shape[0])
-        position = jnp.minimum(step, length - 1)
-        full = step >= length
-
-        def push(window: jax.Array, value: jax.Array) -> jax.Array:
-            # A full window drops its oldest step; the current one goes at `position`.
-            full_rows = full.reshape((-1,) + (1,) * (window.ndim - 1))
-            return jnp.where(full_rows, jnp.roll(window, -1, 1), window).at[envs, position].set(value)
-
-        target, token = return_token(params, carry, obs, prev_reward)
-        window = {
-            "observations": push(carry["observations"], normalize(obs, params["obs_stats"])),
-            "actions": push(carry["actions"], jnp.zeros_like(carry["actions"][:, 0])),
-            "timesteps": push(carry["timesteps"], step),
-        }
-
-        def action_for(token: jax.Array) -> tuple[jax.Array, jax.Array]:
-            tokens = push(carry["returns"], token / return_scale)
-            predicted = model.apply(params["params"], tokens, window["observations"], window["actions"],
-                                    window["timesteps"])
-            return predicted[envs, position], tokens
-
-        if returns.candidates:
-            options = jnp.asarray(returns.candidates)[:, None] * token  # (candidates, envs)
-            actions, tokens = jax.vmap(action_for)(options)
-            q = jax.vmap(lambda a: critic.q_value(params["critic"], obs, a))(actions)
-            best = jnp.argmax(q, axis=0)
-            action, window["returns"] = actions[best, envs], tokens[best, envs]
-            if returns.value_factor is None:
-                target = options[best, envs]
-        else:
-            action, window["returns"] = action_for(token)
-        window["actions"] = window["actions"].at[envs, position].set(action)
-        return dict(window, target=target, step=step + 1), action
-
-    return Policy(init_carry=init_carry, act=act)
 
 
 ALGORITHM = learner_algorithm("dt", Config, make_learner, "Decision Transformer (Chen et al. 2021).", BUDGETS,

@@ -6,7 +6,7 @@ import argparse
 import shlex
 import sys
 
-from ipdrl import sweeps
+from ipdrl import sweeps, tables
 from ipdrl.presets import BUDGET_NAMES
 
 
@@ -56,8 +56,8 @@ def main(argv: list[str]) -> int:
     else:
         rows, failures = sweeps.run(sweep, args.scheduler, args.workers, args.progress)
     command = "ipdrl sweep " + shlex.join(argv)
-    sweeps.write_report(sweep, rows, args.docs, command)
-    print(sweeps.markdown(sweep, rows, sweeps.aggregate(sweep, rows), command))
+    tables.write_report(sweep, rows, args.docs, command)
+    print(tables.markdown(sweep, rows, tables.aggregate(sweep, rows), command))
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
     return 1 if failures else 0

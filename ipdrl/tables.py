@@ -1,0 +1,99 @@
+"""The table of a sweep: per method and dataset, and over datasets, the IQM and mean of the runs' normalised
+scores with 95% stratified bootstrap CIs (:mod:`ipdrl.statistics`), the paired differences the sweep asks for, the
+per-seed scores; written as ``<docs>/<name>.md`` and ``<docs>/<name>.json`` (schema: ``docs/evidence/README.md``)."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+from ipdrl import statistics
+from ipdrl.storage import atomic_write_bytes, atomic_write_json
+from ipdrl.sweeps import Sweep
+
+
+def scores_by(rows: Iterable[dict[str, Any]], method: str, seeds: Sequence[int] | None = None
+              ) -> dict[str, list[float]]:
+    """dataset -> the method's scores ordered by seed (only ``seeds`` when given)."""
+    out: dict[str, dict[int, float]] = {}
+    for row in rows:
+        if row["method"] == method and row["normalized_score"] is not None and (seeds is None or row["seed"] in seeds):
+            out.setdefault(row["dataset"], {})[row["seed"]] = row["normalized_score"]
+    return {dataset: [by_seed[s] for s in sorted(by_seed)] for dataset, by_seed in out.items()}
+
+
+def _by_run(rows: Iterable[dict[str, Any]], method: str) -> dict[tuple[str, int], float]:
+    return {(r["dataset"], r["seed"]): r["normalized_score"] for r in rows
+            if r["method"] == method and r["normalized_score"] is not None}
+
+
+def aggregate(sweep: Sweep, rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per method and dataset, and per method over all datasets: mean and IQM with 95% stratified bootstrap CIs;
+    the paired differences the sweep asks for, on the seeds both methods have."""
+    per_dataset, overall, paired = [], [], []
+    for method in sweep.methods:
+        scores = scores_by(rows, method.name)
+        for dataset in sweep.datasets:
+            if dataset in scores:
+                per_dataset.append({"method": method.name, "dataset": dataset, "seeds": len(scores[dataset]),
+                                    "scores": scores[dataset], **statistics.summary({dataset: scores[dataset]})})
+        if len(scores) > 1:
+            overall.append({"method": method.name, "datasets": sorted(scores), **statistics.summary(scores)})
+    for a, b in sweep.paired:
+        score_a, score_b = _by_run(rows, a), _by_run(rows, b)
+        common = sorted(set(score_a) & set(score_b))
+        for scope in [*sweep.datasets, "all"]:
+            strata_a: dict[str, list[float]] = {}
+            strata_b: dict[str, list[float]] = {}
+            for dataset, seed in common:
+                if scope in ("all", dataset):
+                    strata_a.setdefault(dataset, []).append(score_a[(dataset, seed)])
+                    strata_b.setdefault(dataset, []).append(score_b[(dataset, seed)])
+            if strata_a:
+                paired.append({"a": a, "b": b, "dataset": scope, **statistics.paired_difference(strata_a, strata_b)})
+    return {"per_dataset": per_dataset, "overall": overall, "paired": paired}
+
+
+def _cell(stat: dict[str, Any]) -> str:
+    low, high = stat["iqm_ci"]
+    ci = "" if low != low else f" [{low:.1f}, {high:.1f}]"  # NaN: one seed, no interval
+    return f"{stat['iqm']:.1f}{ci} ({stat['mean']:.1f})"
+
+
+def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any], command: str) -> str:
+    """The table as markdown: IQM [95% CI] (mean) per method and dataset, per-seed scores, paired differences."""
+    tables = sorted({r["reference_table"] for r in rows if r.get("reference_table")})
+    lines = [f"# {sweep.name}", "", f"Made by `{command}`. Final checkpoints; each run's score is the mean normalised "
+             f"score of its evaluation episodes ({'; '.join(tables) or 'no reference table'}). Cells: IQM over "
+             f"seeds [95% stratified bootstrap CI] (mean); the last column aggregates over datasets.", ""]
+    cells = {(s["method"], s["dataset"]): s for s in aggregates["per_dataset"]}
+    whole = {s["method"]: s for s in aggregates["overall"]}
+    lines += ["| method | " + " | ".join(sweep.datasets) + " | all |", "|---" * (len(sweep.datasets) + 2) + "|"]
+    for method in sweep.methods:
+        row = [_cell(cells[(method.name, d)]) + f" n={cells[(method.name, d)]['seeds']}" if (method.name, d) in cells
+               else "—" for d in sweep.datasets]
+        lines.append(f"| {method.name} | " + " | ".join(row) + f" | {_cell(whole[method.name]) if method.name in whole else '—'} |")
+    if aggregates["paired"]:
+        lines += ["", "Paired differences (same dataset and seed), mean [95% CI]:", "",
+                  "| a − b | dataset | runs | difference |", "|---|---|---|---|"]
+        for p in aggregates["paired"]:
+            low, high = p["mean_ci"]
+            ci = "" if low != low else f" [{low:+.1f}, {high:+.1f}]"
+            lines.append(f"| {p['a']} − {p['b']} | {p['dataset']} | {p['runs']} | {p['mean']:+.1f}{ci} |")
+    lines += ["", "Per-seed scores:", ""]
+    for method in sweep.methods:
+        for dataset, scores in scores_by(rows, method.name).items():
+            lines.append(f"- {method.name}, {dataset}: " + ", ".join(f"{s:.1f}" for s in scores))
+    return "\n".join(lines) + "\n"
+
+
+def write_report(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path, command: str) -> dict[str, Any]:
+    """``<docs>/<name>.json`` (runs + aggregates) and ``<docs>/<name>.md``."""
+    aggregates = aggregate(sweep, rows)
+    docs = Path(docs)
+    atomic_write_json(docs / f"{sweep.name}.json", {
+        "table": sweep.name, "command": command, "budget": sweep.budget, "datasets": sweep.datasets,
+        "seeds": sweep.seeds, "made": time.strftime("%Y-%m-%d"), "runs": rows, "aggregates": aggregates})
+    atomic_write_bytes(docs / f"{sweep.name}.md", markdown(sweep, rows, aggregates, command).encode())
+    return aggregates
