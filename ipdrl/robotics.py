@@ -17,6 +17,10 @@ correspond.
 
 from __future__ import annotations
 
+import contextlib
+import io
+import warnings
+
 import gymnasium as gym
 import numpy as np
 
@@ -59,8 +63,11 @@ def get_joint_qvel(model, data, name):
 def register() -> None:
     """Register gymnasium-robotics' environments (once) and apply the joint-type shim."""
     try:
-        import gymnasium_robotics
-        from gymnasium_robotics.utils import mujoco_utils
+        # Its import prints a notice about Adroit reward versions to stderr, whichever environment is used.
+        with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()):
+            warnings.simplefilter("ignore")
+            import gymnasium_robotics
+            from gymnasium_robotics.utils import mujoco_utils
     except ImportError:
         raise ValueError("this environment comes from gymnasium-robotics: pip install gymnasium-robotics==1.4.2 "
                          "(a dependency of ipdrl; reinstall ipdrl).") from None
