@@ -15,12 +15,11 @@ from typing import Any, Callable, Mapping, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from tqdm.auto import tqdm
 
 from ipdrl.config import FitConfig, RunConfig
-from ipdrl.envs import Reference
 from ipdrl.data.dataset import Fields, to_device
+from ipdrl.envs import Reference
 from ipdrl.evaluation import Policy, evaluate
 from ipdrl.runs import Run
 
@@ -49,33 +48,6 @@ class Learner(NamedTuple):
     sample: Callable[[Fields, jax.Array], Batch]
     policy: Policy | None = None
     policy_params: Callable[[State], Params] | None = None
-
-
-# ---- one optimiser step ---------------------------------------------------------------------------------
-class GradientStep(NamedTuple):
-    params: Params
-    opt_state: Any
-    loss: jax.Array
-    aux: Any
-    grads: Params
-
-
-def apply_gradients(optimizer: optax.GradientTransformation, params: Params, opt_state: Any, grads: Params
-                    ) -> tuple[Params, Any]:
-    """``params`` moved by ``optimizer`` along ``grads`` (to be minimised): (new params, new optimiser state)."""
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state
-
-
-def gradient_step(loss_fn: Callable[[Params], Any], optimizer: optax.GradientTransformation, params: Params,
-                  opt_state: Any, has_aux: bool = False) -> GradientStep:
-    """One optimiser step on ``loss_fn(params)`` (which returns ``(loss, aux)`` when ``has_aux``)."""
-    if has_aux:
-        (loss, aux), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    else:
-        (loss, grads), aux = jax.value_and_grad(loss_fn)(params), None
-    params, opt_state = apply_gradients(optimizer, params, opt_state, grads)
-    return GradientStep(params, opt_state, loss, aux, grads)
 
 
 # ---- the loop ---------------------------------------------------------------------------------------------

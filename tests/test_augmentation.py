@@ -13,11 +13,11 @@ import pytest
 
 from ipdrl import augmentation
 from ipdrl.algos import ipd_stages, iql
+from ipdrl.augmentation import AugmentConfig, ValueFunctions, augment
 from ipdrl.augmentation import orchestration
 from ipdrl.augmentation.rollouts import judge as judge_fn
 from ipdrl.augmentation.values import RealData, branch_candidates
 from ipdrl.commands import augment as augment_command
-from ipdrl.augmentation import AugmentConfig, ValueFunctions, augment
 from ipdrl.world_models import ensemble, train_ensemble
 from ipdrl.world_models.ensemble import EnsembleConfig
 

@@ -12,10 +12,10 @@ import pytest
 
 from ipdrl.algos import dwm_models, dwm_mpc
 from ipdrl.data.dataset import Dataset
-from ipdrl.runs import Run
-from ipdrl.training import fit
 from ipdrl.planning import policy_ascent
 from ipdrl.planning.policy_ascent import AscentConfig
+from ipdrl.runs import Run
+from ipdrl.training import fit
 from ipdrl.world_models import common, diffusion, generative, meanflow, reward
 
 

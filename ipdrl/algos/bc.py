@@ -19,7 +19,8 @@ from ipdrl.config import FitConfig, RunConfig, require
 from ipdrl.data.dataset import Dataset, DatasetError
 from ipdrl.data.statistics import normalize, observation_stats
 from ipdrl.networks import DeterministicActor
-from ipdrl.training import Learner, gradient_step
+from ipdrl.optim import gradient_step
+from ipdrl.training import Learner
 
 
 @dataclasses.dataclass

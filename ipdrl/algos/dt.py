@@ -27,7 +27,8 @@ from ipdrl.data.dataset import Dataset, Fields, sample_segments, segment_fields
 from ipdrl.data.statistics import normalize, observation_stats
 from ipdrl.evaluation import Params
 from ipdrl.networks import polyak
-from ipdrl.training import Learner, gradient_step
+from ipdrl.optim import gradient_step
+from ipdrl.training import Learner
 from ipdrl.transformer import DecisionTransformer
 
 

@@ -16,7 +16,8 @@ from ipdrl.config import FitConfig, RunConfig, require
 from ipdrl.data.dataset import Dataset, transition_fields
 from ipdrl.data.statistics import locomotion_reward_scale, normalize, observation_stats
 from ipdrl.networks import EnsembleCritic, GaussianActor, ValueFunction, gaussian_log_prob, polyak
-from ipdrl.training import Learner, gradient_step
+from ipdrl.optim import gradient_step
+from ipdrl.training import Learner
 
 REWARD_MODES = ("locomotion", "antmaze", "none")
 

@@ -34,7 +34,8 @@ from ipdrl.config import FitConfig, RunConfig, require
 from ipdrl.data.dataset import Dataset, transition_fields
 from ipdrl.data.statistics import normalize, observation_stats
 from ipdrl.networks import DeterministicActor, EnsembleCritic, polyak
-from ipdrl.training import Learner, gradient_step
+from ipdrl.optim import gradient_step
+from ipdrl.training import Learner
 
 
 @dataclasses.dataclass

@@ -21,7 +21,7 @@ import optax
 
 from ipdrl.config import Settings
 from ipdrl.networks import EnsembleCritic, polyak
-from ipdrl.training import gradient_step
+from ipdrl.optim import gradient_step
 
 
 @dataclasses.dataclass(frozen=True)

@@ -21,9 +21,9 @@ transition, ``return_to_go`` (discounted, scaled-reward units, bootstrapped with
 termination), ``timesteps`` (position in the original episode) and ``imagined``.
 """
 
-from ipdrl.augmentation.orchestration import augment
 from ipdrl.augmentation.config import BUDGETS, MODES, REJECTIONS, AugmentConfig
 from ipdrl.augmentation.episodes import added_episodes, copied_prefixes, imagined_steps
+from ipdrl.augmentation.orchestration import augment
 from ipdrl.augmentation.report import plot_report
 from ipdrl.augmentation.values import ValueFunctions, max_value_relabel, return_labels
 

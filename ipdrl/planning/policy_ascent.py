@@ -21,7 +21,7 @@ import optax
 
 from ipdrl.config import Settings, require
 from ipdrl.evaluation import Params, Policy
-from ipdrl.training import apply_gradients
+from ipdrl.optim import apply_gradients
 
 
 @dataclasses.dataclass(frozen=True)

@@ -22,8 +22,9 @@ import optax
 
 from ipdrl.config import config_from_json
 from ipdrl.data.dataset import Dataset
+from ipdrl.optim import gradient_step
 from ipdrl.storage import atomic_write_bytes, atomic_write_json
-from ipdrl.training import Learner, gradient_step
+from ipdrl.training import Learner
 
 Model = dict[str, Any]
 """``{"net": network params (leading member axis for ensembles), "stats": normalisation statistics}``."""

@@ -21,7 +21,8 @@ from tqdm.auto import tqdm
 from ipdrl import envs
 from ipdrl.data.dataset import Dataset, map_batches
 from ipdrl.data.statistics import denormalize, normalize
-from ipdrl.training import Learner, fit, gradient_step
+from ipdrl.optim import gradient_step
+from ipdrl.training import Learner, fit
 from ipdrl.world_models import common
 from ipdrl.world_models.ensemble import (EnsembleConfig, EnsembleModel, elite_predictions, gaussian_nll, member_network,
                                          normalisation_stats, predict_done, targets_of, termination_features,

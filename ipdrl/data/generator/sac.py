@@ -25,6 +25,7 @@ from ipdrl.data.generator.config import GenerateConfig
 from ipdrl.data.generator.recorder import Recorder
 from ipdrl.evaluation import evaluate, stateless_policy
 from ipdrl.networks import EnsembleCritic, TanhGaussianActor, polyak, tanh_gaussian_sample
+from ipdrl.optim import gradient_step
 from ipdrl.storage import atomic_write_bytes
 
 
@@ -76,35 +77,29 @@ def update(config: SACConfig, act_dim: int, state: dict, batch: dict, key: jax.A
         q = critic.apply(params, batch["observations"], batch["actions"])
         return ((q - target) ** 2).mean(1).sum(0)
 
-    critic_loss, grads = jax.value_and_grad(critic_loss_fn)(state["critic"])
-    updates, critic_opt = opt.update(grads, state["critic_opt"])
-    critic_params = optax.apply_updates(state["critic"], updates)
+    critic_step = gradient_step(critic_loss_fn, opt, state["critic"], state["critic_opt"])
+    critic_params = critic_step.params
 
     def actor_loss_fn(params):
         action, log_prob = tanh_gaussian_sample(*actor.apply(params, batch["observations"]), pi_key)
         q = critic.apply(critic_params, batch["observations"], action).min(0)
         return (alpha * log_prob - q).mean(), log_prob
 
-    (actor_loss, log_prob), grads = jax.value_and_grad(actor_loss_fn, has_aux=True)(state["actor"])
-    updates, actor_opt = opt.update(grads, state["actor_opt"])
-    actor_params = optax.apply_updates(state["actor"], updates)
-
-    entropy_gap = jax.lax.stop_gradient(-log_prob.mean() - (-act_dim))
-    alpha_loss, grad = jax.value_and_grad(lambda log_a: log_a * entropy_gap)(state["log_alpha"])
-    updates, alpha_opt = opt.update(grad, state["alpha_opt"])
-    log_alpha = optax.apply_updates(state["log_alpha"], updates)
+    actor_step = gradient_step(actor_loss_fn, opt, state["actor"], state["actor_opt"], has_aux=True)
+    entropy_gap = jax.lax.stop_gradient(-actor_step.aux.mean() - (-act_dim))
+    alpha_step = gradient_step(lambda log_a: log_a * entropy_gap, opt, state["log_alpha"], state["alpha_opt"])
 
     new_state = dict(
         state,
-        actor=actor_params,
+        actor=actor_step.params,
         critic=critic_params,
         critic_target=polyak(state["critic_target"], critic_params, config.tau),
-        log_alpha=log_alpha,
-        actor_opt=actor_opt,
-        critic_opt=critic_opt,
-        alpha_opt=alpha_opt,
+        log_alpha=alpha_step.params,
+        actor_opt=actor_step.opt_state,
+        critic_opt=critic_step.opt_state,
+        alpha_opt=alpha_step.opt_state,
     )
-    return new_state, {"critic_loss": critic_loss, "actor_loss": actor_loss, "alpha": alpha}
+    return new_state, {"critic_loss": critic_step.loss, "actor_loss": actor_step.loss, "alpha": alpha}
 
 
 def sample_action(config: SACConfig, act_dim: int, actor_params: dict, obs: jax.Array, key: jax.Array) -> jax.Array:
