@@ -173,7 +173,7 @@ def test_an_algorithm_of_ones_own_registers_and_trains_through_the_pipeline(tmp_
     from ipdrl.algos.common import learner_algorithm, mlp_policy, transition_learner
     from ipdrl.config import FitConfig, RunConfig
     from ipdrl.networks import DeterministicActor
-    from ipdrl.training import gradient_step
+    from ipdrl.optim import gradient_step
 
     @dataclasses.dataclass
     class Config(RunConfig, FitConfig):
