@@ -49,7 +49,8 @@ FAMILIES: dict[str, Family] = {
 }
 
 _GYM_TO_FAMILY = {f.env_id: f.name for f in FAMILIES.values() if f.env_id}
-ROBOTICS_PREFIXES = ("FrankaKitchen", "AntMaze_", "PointMaze_", "AdroitHand")  # made by ipdrl.robotics
+ROBOTICS_PREFIXES = ("FrankaKitchen", "PointMaze_", "AdroitHand")  # made by ipdrl.robotics
+ANTMAZE_PREFIXES = ("AntMaze_", "AntGoal")  # made by ipdrl.antmaze
 
 
 def family_of(name: str) -> Family | None:
@@ -111,7 +112,11 @@ def make_env(env_id: str, seed: int | None = None):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # mujoco 4's settotalmass deprecation notice in half_cheetah.xml
         try:
-            if env_id.startswith(ROBOTICS_PREFIXES):
+            if env_id.startswith(ANTMAZE_PREFIXES):
+                from ipdrl import antmaze
+
+                env = antmaze.make(env_id)
+            elif env_id.startswith(ROBOTICS_PREFIXES):
                 from ipdrl import robotics
 
                 env = robotics.make(env_id)
@@ -231,6 +236,7 @@ TERMINATION_FNS: dict[str, TerminationFn] = {
     "walker2d": _walker_done,
     "halfcheetah": _never_done,
     "ant": _ant_done,
+    "antmaze": _never_done,  # D4RL's antmaze episodes end in time-outs only
 }
 
 

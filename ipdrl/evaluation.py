@@ -3,8 +3,9 @@ jitted policy call per step (measured faster on 2 cores than vector-env worker p
 
 from __future__ import annotations
 
+import contextlib
 import time
-from typing import Any, Callable, NamedTuple
+from typing import Any, Callable, Iterator, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -36,6 +37,19 @@ def stateless_policy(act_fn: Callable[[Params, jax.Array, jax.Array], jax.Array]
     )
 
 _JITTED: dict[Any, Any] = {}
+_RECORDINGS: list[list] = []
+
+
+@contextlib.contextmanager
+def recording_observations() -> Iterator[list[list[np.ndarray]]]:
+    """Inside, every :func:`evaluate` call also keeps what its episodes observed (for plots of rollouts): yields a
+    list that gets, per call, a list of per-episode ``(steps + 1, obs_dim)`` arrays."""
+    recorded: list[list[np.ndarray]] = []
+    _RECORDINGS.append(recorded)
+    try:
+        yield recorded
+    finally:
+        _RECORDINGS.remove(recorded)
 
 
 def _jit(fn):
@@ -71,6 +85,7 @@ def evaluate(
     prev_reward = np.zeros(episodes, dtype=np.float32)
     key = jax.random.PRNGKey(seed)
     bounds = envs.ActionBounds.of(env_list[0])
+    trace = [obs.copy()] if _RECORDINGS else None
     started = time.perf_counter()
     for _ in range(limit):
         key, act_key = jax.random.split(key)
@@ -87,8 +102,14 @@ def evaluate(
             prev_reward[i] = reward
             obs[i] = next_obs
             done[i] = terminated or truncated
+        if trace is not None:
+            trace.append(obs.copy())
         if done.all():
             break
+    if trace is not None:
+        episodes_seen = [np.stack(trace)[: lengths[i] + 1, i] for i in range(episodes)]
+        for recorded in _RECORDINGS:
+            recorded.append(episodes_seen)
     for env in env_list:
         env.close()
     reference = reference or envs.reference_for(env_id)

@@ -23,6 +23,11 @@ COMMON_BUDGETS: dict[str, dict[str, Any]] = {
 }
 
 
+# Settings per family that every algorithm shares above the tiny budget: the field's evaluation conventions.
+COMMON_PRESETS: dict[str, dict[str, Any]] = {
+    "antmaze": dict(eval_episodes=100),  # success rates are read from 100 episodes
+}
+
 FIT_FIELDS = ("steps", "log_every", "eval_every", "checkpoint_every")
 
 
@@ -67,6 +72,8 @@ def overrides(algorithm: Any, dataset: str, budget: str) -> dict[str, Any]:
     key = dataset_key(dataset)
     family = dataset_family(dataset)
     if family is not None:
+        if budget != "tiny":
+            _merge(merged, COMMON_PRESETS.get(family.name, {}))
         _merge(merged, presets.get(family.name, {}))
     _merge(merged, presets.get(key, {}))
     return merged

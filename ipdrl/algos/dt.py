@@ -96,6 +96,7 @@ PRESETS = {
     "halfcheetah": dict(target_return=12000.0),
     "walker2d": dict(target_return=5000.0),
     "ant": dict(target_return=6000.0),
+    "antmaze": dict(target_return=1.0, return_scale=1.0),  # reaching the goal (sparse reward 1)
 }
 
 

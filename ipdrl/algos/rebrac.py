@@ -234,8 +234,11 @@ _BETAS = {
     "walker2d": {"random": (0.01, 0.0), "medium": (0.05, 0.1), "expert": (0.01, 0.5),
                  "medium-expert": (0.01, 0.01), "medium-replay": (0.05, 0.01)},
 }
+# AntMaze, as the ReBRAC paper's (and CORL's configs): gamma 0.999, batch 256, critic lr 5e-5, actor lr 3e-4.
+_BETAS["antmaze"] = {"umaze": (0.003, 0.002), "umaze-diverse": (0.003, 0.001), "medium-play": (0.001, 0.0005),
+                     "medium-diverse": (0.001, 0.0), "large-play": (0.002, 0.001), "large-diverse": (0.002, 0.002)}
 PRESETS = {
-    "antmaze": dict(discount=0.999, reward_scale=100.0),
+    "antmaze": dict(discount=0.999, reward_scale=100.0, batch_size=256, critic_lr=5e-5, actor_lr=3e-4),
     **{f"{env}-{data}": dict(actor_bc=beta1, critic_bc=beta2)
        for env, table in _BETAS.items() for data, (beta1, beta2) in table.items()},
 }

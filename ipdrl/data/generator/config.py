@@ -5,7 +5,8 @@ from __future__ import annotations
 import dataclasses
 from typing import Literal
 
-Level = Literal["random", "medium", "medium-replay", "expert", "medium-expert"]
+Level = Literal["random", "medium", "medium-replay", "expert", "medium-expert", "umaze", "diverse", "play"]
+ANTMAZE_LEVELS = ("umaze", "diverse", "play")
 
 # About one third of expert return, as D4RL's medium policies (data.md: medium returns ~4.8k / 1.4k / 2.9k).
 DEFAULT_THRESHOLDS = {"HalfCheetah-v5": 4800.0, "Hopper-v5": 1500.0, "Walker2d-v5": 2900.0}
@@ -24,7 +25,7 @@ class GenerateConfig:
     threshold: float | None = None
     """Deterministic evaluation return that ends 'medium' training (default per env: HalfCheetah 4800, Hopper 1500, Walker2d 2900)."""
     transitions: int = 1_000_000
-    """Transitions collected for random, medium and expert (each half of medium-expert)."""
+    """Transitions collected for random, medium and expert (each half of medium-expert), and for AntMaze."""
     max_sac_steps: int = 1_000_000
     """Give up when the threshold is not reached within this many environment steps."""
     expert_steps: int = 1_000_000
@@ -42,3 +43,12 @@ class GenerateConfig:
     hidden_dims: tuple[int, ...] = (256, 256)
     batch_size: int = 256
     progress: bool = True
+    # AntMaze (--env AntMaze_*, --level umaze | diverse | play; ipdrl/data/generator/antmaze.py)
+    controller_steps: int = 1_000_000
+    """AntMaze: SAC environment steps for the goal-reaching controller (trained once, shared by every maze and level)."""
+    controller_dir: str | None = None
+    """AntMaze: where the controller's resumable training lives (default antmaze-controller-s<seed>.work beside the output)."""
+    action_noise: float = 0.2
+    """AntMaze: std of the Gaussian noise added to the controller's actions while collecting."""
+    parallel_episodes: int = 10
+    """AntMaze: episodes collected in lockstep (one policy call for all); collection checkpoints after each group."""

@@ -6,6 +6,7 @@
 - ``medium-replay``: SAC's whole replay buffer up to the point it reached ``threshold``.
 - ``expert``: train SAC for ``expert_steps``, then collect with it.
 - ``medium-expert``: medium followed by expert.
+- AntMaze (``--env AntMaze_*``): ``umaze``, ``diverse``, ``play`` (:mod:`ipdrl.data.generator.antmaze`).
 
 SAC training checkpoints to ``work_dir`` at episode boundaries and ``--resume`` continues it; every random choice
 is a pure function of the seed and a counter (episode resets are seeded by episode index, action noise by step),
@@ -24,7 +25,8 @@ import numpy as np
 from ipdrl import envs
 from ipdrl.data.d4rl import write_d4rl
 from ipdrl.data.dataset import Dataset, concatenate
-from ipdrl.data.generator.config import DEFAULT_THRESHOLDS, GenerateConfig
+from ipdrl.data.generator.antmaze import generate_antmaze
+from ipdrl.data.generator.config import ANTMAZE_LEVELS, DEFAULT_THRESHOLDS, GenerateConfig
 from ipdrl.data.generator.recorder import collect
 from ipdrl.data.generator.sac import SACTrainer
 
@@ -34,6 +36,13 @@ def generate(config: GenerateConfig) -> Path:
     import gymnasium as gym
     import mujoco
 
+    maze_env, maze_level = config.env.startswith("AntMaze_"), config.level in ANTMAZE_LEVELS
+    if maze_env or maze_level:
+        if not (maze_env and maze_level):
+            raise ValueError(f"--level {config.level} does not go with --env {config.env}: AntMaze environments take "
+                             f"the levels {', '.join(ANTMAZE_LEVELS)}, and those levels need an AntMaze (e.g. --env "
+                             f"AntMaze_UMaze-v5).")
+        return generate_antmaze(config)
     probe = envs.make_env(config.env)
     if not (isinstance(probe.observation_space, gym.spaces.Box) and isinstance(probe.action_space, gym.spaces.Box)):
         raise ValueError(f"{config.env} has non-Box spaces; the generator needs Box observations and actions.")
@@ -94,4 +103,7 @@ RECIPES = {
     "medium-replay": "SAC replay buffer until deterministic eval >= threshold",
     "expert": "SAC trained for expert_steps, then its stochastic policy",
     "medium-expert": "medium followed by expert",
+    "umaze": "AntMaze: the maze's evaluation start to its evaluation goal",
+    "diverse": "AntMaze: random free cells to random free cells",
+    "play": "AntMaze: between hand-picked cells",
 }

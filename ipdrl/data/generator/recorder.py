@@ -60,9 +60,9 @@ class Recorder:
         """The mid-episode state needed to continue exactly (MuJoCo envs), or None at an episode start."""
         if "qpos" not in self.arrays:
             return None
-        data = self.env.unwrapped.data
+        data, task = self.env.unwrapped.data, getattr(self.env.unwrapped, "task_state", None)
         return {"qpos": data.qpos.tolist(), "qvel": data.qvel.tolist(), "obs": np.asarray(self.obs).tolist(),
-                "elapsed": _time_limit(self.env)._elapsed_steps}
+                "elapsed": _time_limit(self.env)._elapsed_steps, "task": task() if task else None}
 
     def resume_from(self, snapshot: dict | None) -> None:
         if snapshot is None:
@@ -70,6 +70,8 @@ class Recorder:
         self.env.unwrapped.set_state(np.asarray(snapshot["qpos"]), np.asarray(snapshot["qvel"]))
         self.obs = np.asarray(snapshot["obs"])
         _time_limit(self.env)._elapsed_steps = snapshot["elapsed"]
+        if snapshot.get("task") is not None:  # an env with state beyond the simulator's (AntGoal's goal)
+            self.env.unwrapped.restore_task_state(snapshot["task"])
 
     def columns(self) -> dict[str, np.ndarray]:
         return {k: v[: self.size] for k, v in self.arrays.items()}

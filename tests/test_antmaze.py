@@ -1,0 +1,111 @@
+"""AntMaze: D4RL's observation layout and scoring on gymnasium-robotics' mazes, the waypoint planner, the
+generator (controller reuse, determinism, resume) and tiny runs of each algorithm on generated data."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from ipdrl import antmaze, envs, pipelines, presets
+from ipdrl.algos import get_algorithm
+from ipdrl.data.d4rl import read_d4rl
+from ipdrl.data.generator import GenerateConfig, generate
+
+UMAZE = "AntMaze_UMaze-v5"
+TINY = dict(controller_steps=300, start_steps=200, eval_every=10**9, checkpoint_every=100, hidden_dims=(32, 32),
+            batch_size=32, progress=False)
+
+
+def test_antmaze_observes_d4rls_29_numbers_and_scores_reaching_the_goal():
+    env = envs.make_env(UMAZE)
+    layout = antmaze.maze(UMAZE)
+    obs, _ = env.reset(seed=0)
+    assert obs.shape == (29,) and env.spec.max_episode_steps == 700
+    assert np.abs(obs[:2] - layout.cell_xy(layout.start)).max() <= 1.0  # the start cell, with the env's jitter
+    goal = env.unwrapped.goal
+    assert np.abs(goal - layout.cell_xy(layout.goal)).max() <= 1.0
+    obs, reward, terminated, *_ = env.step(np.zeros(8))
+    assert (reward, terminated) == (0.0, False)
+    qpos, qvel = env.unwrapped.data.qpos.copy(), env.unwrapped.data.qvel.copy()
+    qpos[:2] = goal + 0.3  # within 0.5 of the goal: success, the episode ends
+    env.unwrapped.ant_env.set_state(qpos, qvel)
+    obs, reward, terminated, *_ = env.step(np.zeros(8))
+    assert (reward, terminated) == (1.0, True)
+    assert envs.reference_for("antmaze-umaze").normalize(1.0) == 100.0
+    assert not bool(envs.termination_fn("antmaze-umaze")(np.zeros((3, 29))).any())
+
+
+def test_waypoints_follow_a_shortest_path_through_the_medium_maze():
+    layout = antmaze.maze("AntMaze_Medium_Diverse_GR-v5")
+    distance = layout.steps_to(layout.goal)
+    cell, path = layout.start, [layout.start]
+    goal_xy = layout.cell_xy(layout.goal)
+    while cell != layout.goal:
+        cell = layout.cell_of(layout.waypoint(layout.cell_xy(cell), goal_xy, distance))
+        assert layout.grid[cell[0]][cell[1]] == 0
+        path.append(cell)
+    assert len(path) - 1 == distance[layout.start] == 10
+    np.testing.assert_allclose(layout.waypoint(goal_xy + 0.7, goal_xy, distance), goal_xy)  # in the goal's cell
+
+
+def test_antmaze_level_and_env_must_go_together(tmp_path):
+    with pytest.raises(ValueError, match="AntMaze environments take the levels"):
+        generate(GenerateConfig(env=UMAZE, level="medium", output=str(tmp_path / "x.hdf5")))
+    with pytest.raises(ValueError, match="need an AntMaze"):
+        generate(GenerateConfig(env="Hopper-v5", level="diverse", output=str(tmp_path / "x.hdf5")))
+
+
+@pytest.fixture(scope="module")
+def generated(tmp_path_factory):
+    """A tiny umaze-diverse dataset (two 1000-step episodes), made in two resumed parts, and its work dirs."""
+    root = tmp_path_factory.mktemp("antmaze")
+    config = GenerateConfig(env=UMAZE, level="diverse", transitions=1000, parallel_episodes=1,
+                            output=str(root / "antmaze-umaze-diverse.hdf5"), controller_dir=str(root / "controller"),
+                            **TINY)
+    generate(config)
+    path = generate(GenerateConfig(**{**config.__dict__, "transitions": 2000, "resume": True}))
+    return root, config, read_d4rl(path)
+
+
+def test_generated_antmaze_data_is_d4rls_layout(generated):
+    _, config, data = generated
+    assert data.obs_dim == 29 and data.act_dim == 8 and data.size == 2000
+    assert not data.terminals.any() and np.flatnonzero(data.timeouts).tolist() == [999, 1999]
+    assert set(np.unique(data.rewards)) <= {0.0, 1.0}
+    assert data.metadata["env"] == UMAZE and data.metadata["generator"]["transitions"] == 2000
+    assert set(data.infos) == {"goal", "qpos", "qvel"}
+    np.testing.assert_allclose(data.observations[:, :2], data.infos["qpos"][:, :2], atol=1e-6)
+    eval_goal = antmaze.maze(UMAZE).cell_xy(antmaze.maze(UMAZE).goal)
+    reached = np.linalg.norm(data.next_observations[:, :2] - eval_goal, axis=1) <= antmaze.SUCCESS_RADIUS
+    np.testing.assert_array_equal(data.rewards.astype(bool), reached)
+
+
+def test_the_same_seed_makes_the_same_antmaze_data_resumed_or_not(generated, tmp_path):
+    root, config, resumed = generated
+    fresh = read_d4rl(generate(GenerateConfig(**{**config.__dict__, "transitions": 2000,
+                                                  "output": str(tmp_path / "fresh.hdf5")})))
+    assert (root / "controller" / "checkpoint.npz").exists()  # the controller was reused, not retrained
+    np.testing.assert_array_equal(fresh.observations, resumed.observations)
+    np.testing.assert_array_equal(fresh.actions, resumed.actions)
+
+
+def test_antmaze_presets_are_the_papers():
+    umaze = "antmaze-umaze"
+    iql = presets.make_config(get_algorithm("iql"), umaze, "cpu")
+    assert (iql.expectile, iql.temperature, iql.reward_mode, iql.eval_episodes) == (0.9, 10.0, "antmaze", 100)
+    rebrac = presets.make_config(get_algorithm("rebrac"), "antmaze-medium-diverse", "cpu")
+    assert (rebrac.discount, rebrac.actor_bc, rebrac.critic_bc, rebrac.critic_lr) == (0.999, 0.001, 0.0, 5e-5)
+    dt = presets.make_config(get_algorithm("dt"), umaze, "cpu")
+    assert (dt.target_return, dt.return_scale) == (1.0, 1.0)
+    assert presets.make_config(get_algorithm("iql"), umaze, "tiny").eval_episodes == 2  # tiny stays quick
+
+
+@pytest.mark.parametrize("algo", ["iql", "rebrac", "dt", "ipd"])
+def test_tiny_runs_train_and_score_on_generated_antmaze_data(algo, generated, tmp_path):
+    root, *_ = generated
+    dataset = str(root / "antmaze-umaze-diverse.hdf5")
+    extra = {"cache_dir": str(tmp_path / "cache")} if algo == "ipd" else {}
+    config = presets.make_config(get_algorithm(algo), dataset, "tiny", eval_episodes=1, run_dir=str(tmp_path / "run"),
+                                 progress=False, **extra)
+    results = pipelines.train(algo, config)
+    assert results["env"] == UMAZE and results["normalized_mean"] in (0.0, 100.0)
