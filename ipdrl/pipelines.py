@@ -14,6 +14,7 @@ from ipdrl.config import RunConfig, config_from_json
 from ipdrl.data.dataset import Dataset
 from ipdrl.data.loading import load_dataset
 from ipdrl.runs import Run
+from ipdrl.training import SEED_BATCHING
 
 
 def default_run_dir(algo: str, config: RunConfig) -> Path:
@@ -60,9 +61,46 @@ def train(algorithm: Algorithm, config: RunConfig) -> dict[str, Any]:
         results = algorithm.train(config, dataset, run, env_id)
     finally:
         run.close()  # the TensorBoard events written so far stay whole when training fails or is interrupted
+    return _finish(algorithm, config, dataset, run, results, time.perf_counter() - started)
+
+
+def train_seeds(algorithm: Algorithm, config: RunConfig, seeds: list[int], batching: str = "map") -> list[dict]:
+    """:func:`train` for several seeds of one configuration in one process, trained together (``ipdrl train
+    --seeds``): one run directory and results.json per seed. ``batching``: ``map`` (each seed bit-identical to its
+    own run) or ``vmap`` (one batched step; see :func:`ipdrl.training.make_seeds_chunk_fn`)."""
+    algorithm = as_algorithm(algorithm)
+    if algorithm.train_seeds is None:
+        raise ValueError(f"{algorithm.name} trains in several stages and has no --seeds; train one seed per command, "
+                         f"or several at once with `ipdrl sweep`.")
+    if batching not in SEED_BATCHING:
+        raise ValueError(f"unknown --seed-batching {batching!r}: use {' or '.join(SEED_BATCHING)}.")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"--seeds needs distinct seeds, got {seeds}.")
+    if config.run_dir and "{seed}" not in config.run_dir:
+        raise ValueError(f"with --seeds, --run-dir needs {{seed}} in it (e.g. {config.run_dir}-s{{seed}}) so that "
+                         f"every seed gets its own run directory.")
+    configs = [dataclasses.replace(config, seed=seed, run_dir=config.run_dir.replace("{seed}", str(seed))
+                                   if config.run_dir else None) for seed in seeds]
+    runs = [Run.create(Path(c.run_dir) if c.run_dir else default_run_dir(algorithm.name, c),
+                       config_dict(algorithm.name, c), resume=c.resume) for c in configs]
+    env_id, dataset = prepare(config, load_dataset(config.dataset))
+    started = time.perf_counter()
+    try:
+        results = algorithm.train_seeds(configs, dataset, runs, env_id, batching)
+    finally:
+        for run in runs:
+            run.close()
+    seconds = time.perf_counter() - started
+    return [_finish(algorithm, c, dataset, run, dict(r, seeds_trained_together=len(seeds), seed_batching=batching),
+                    seconds) for c, run, r in zip(configs, runs, results)]
+
+
+def _finish(algorithm: Algorithm, config: RunConfig, dataset: Dataset, run: Run, results: dict,
+            seconds: float) -> dict[str, Any]:
+    """results.json and the learning curve of a trained run."""
     results.setdefault("steps", getattr(config, "steps", None))
-    results.update(algo=algorithm.name, dataset=dataset.name, seed=config.seed,
-                   train_seconds=time.perf_counter() - started, run_dir=str(run.path))
+    results.update(algo=algorithm.name, dataset=dataset.name, seed=config.seed, train_seconds=seconds,
+                   run_dir=str(run.path))
     run.save_results(results)
     run.plot()
     return results

@@ -51,8 +51,8 @@ class Learner(NamedTuple):
 
 
 # ---- the loop ---------------------------------------------------------------------------------------------
-def make_chunk_fn(learner: Learner, length: int) -> Callable[[State, Fields, jax.Array], tuple[State, Metrics]]:
-    """A jitted function running ``length`` updates in one ``lax.scan``; returns the chunk's mean metrics."""
+def _chunk(learner: Learner, length: int) -> Callable[[State, Fields, jax.Array], tuple[State, Metrics]]:
+    """``length`` updates in one ``lax.scan``, returning the chunk's mean metrics (not jitted)."""
 
     def chunk(state: State, fields: Fields, key: jax.Array) -> tuple[State, Metrics]:
         def body(state, step_key):
@@ -63,7 +63,27 @@ def make_chunk_fn(learner: Learner, length: int) -> Callable[[State, Fields, jax
         state, metrics = jax.lax.scan(body, state, jax.random.split(key, length))
         return state, jax.tree_util.tree_map(jnp.mean, metrics)
 
-    return jax.jit(chunk, donate_argnums=0)
+    return chunk
+
+
+def make_chunk_fn(learner: Learner, length: int) -> Callable[[State, Fields, jax.Array], tuple[State, Metrics]]:
+    """A jitted function running ``length`` updates in one ``lax.scan``; returns the chunk's mean metrics."""
+    return jax.jit(_chunk(learner, length), donate_argnums=0)
+
+
+SEED_BATCHING = ("map", "vmap")
+
+
+def make_seeds_chunk_fn(learner: Learner, length: int, batching: str = "map"):
+    """The chunk of :func:`make_chunk_fn` for a stack of states, one per seed, in one jitted call. ``map`` loops over
+    the seeds inside the call (``lax.map``: each seed's numbers are bit-identical to its own run); ``vmap`` batches
+    them into one step (wider matmuls, faster on accelerators; XLA orders their sums differently, so results move by
+    float rounding)."""
+    chunk = _chunk(learner, length)
+    if batching == "vmap":
+        return jax.jit(jax.vmap(chunk, in_axes=(0, None, 0)), donate_argnums=0)
+    return jax.jit(lambda states, fields, keys: jax.lax.map(lambda sk: chunk(sk[0], fields, sk[1]), (states, keys)),
+                   donate_argnums=0)
 
 
 def chunk_key(seed: int, step: int) -> jax.Array:
@@ -99,16 +119,55 @@ def fit(
             chunk_fns[length] = make_chunk_fn(learner, length)
         state, metrics = chunk_fns[length](state, fields, chunk_key(seed, step))
         step += length
-        scalars = {k: float(v) for k, v in metrics.items()}
-        bad = [k for k, v in scalars.items() if not math.isfinite(v)]
-        if bad:
-            raise FloatingPointError(
-                f"training diverged at step {step}: {', '.join(bad)} became NaN/inf. Lower the learning rate, "
-                f"check the dataset for outliers, or try another seed."
-            )
+        scalars = _finite({k: float(v) for k, v in metrics.items()}, step)
         if on_chunk is not None and on_chunk(step, state, scalars):
             break
     return state
+
+
+def fit_seeds(
+    learner: Learner,
+    steps: int,
+    seeds: list[int],
+    log_every: int,
+    states: list[State],
+    start_step: int = 0,
+    on_chunk: Callable[[int, State, list[dict[str, float]]], bool | None] | None = None,
+    batching: str = "map",
+) -> State:
+    """:func:`fit` for several seeds at once, from one state per seed (all at ``start_step``), as one jitted call per
+    chunk (:func:`make_seeds_chunk_fn`). The states travel stacked on a leading seed axis: ``on_chunk`` gets the
+    stack and one metrics dict per seed; the stack is returned."""
+    state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+    fields = to_device(learner.fields)
+    chunk_fns: dict[int, Callable] = {}
+    step = start_step
+    while step < steps:
+        length = min(log_every, steps - step)
+        if length not in chunk_fns:
+            chunk_fns[length] = make_seeds_chunk_fn(learner, length, batching)
+        state, metrics = chunk_fns[length](state, fields, jnp.stack([chunk_key(seed, step) for seed in seeds]))
+        step += length
+        per_seed = [_finite({k: float(v[i]) for k, v in metrics.items()}, step, seed) for i, seed in enumerate(seeds)]
+        if on_chunk is not None and on_chunk(step, state, per_seed):
+            break
+    return state
+
+
+def seed_state(stack: State, index: int) -> State:
+    """Seed ``index``'s state from a stack of :func:`fit_seeds`."""
+    return jax.tree_util.tree_map(lambda x: x[index], stack)
+
+
+def _finite(scalars: dict[str, float], step: int, seed: int | None = None) -> dict[str, float]:
+    bad = [k for k, v in scalars.items() if not math.isfinite(v)]
+    if bad:
+        which = "" if seed is None else f" (seed {seed})"
+        raise FloatingPointError(
+            f"training diverged at step {step}{which}: {', '.join(bad)} became NaN/inf. Lower the learning rate, "
+            f"check the dataset for outliers, or try another seed."
+        )
+    return scalars
 
 
 # ---- training inside a run directory ------------------------------------------------------------------------
@@ -122,18 +181,74 @@ def train_in_run(learner: Learner, fit_config: FitConfig, run_config: RunConfig,
     one run directory). Returns the final state.
     """
     ckpt = f"{stage}checkpoint" if stage else "checkpoint"
-    template = learner.init(jax.random.PRNGKey(run_config.seed))
-    state, start = template, 0
-    if run.has_checkpoint(ckpt):
-        state, start = run.load_checkpoint(template, ckpt)
-        run.truncate_metrics(start, stage)
-        log.info("resuming %s from step %d", ckpt, start)
+    state, start = _resume(learner, run_config, run, ckpt, stage)
     steps = fit_config.steps
     bar = tqdm(total=steps, initial=start, desc=stage.rstrip("_") or "train", unit="upd",
                disable=not run_config.progress, dynamic_ncols=True)
+    record = _recorder(learner, fit_config, run_config, run, env_id, reference, stage, bar)
 
     def on_chunk(step: int, state: Any, metrics: dict[str, float]) -> None:
         bar.update(step - bar.n)
+        record(step, state, metrics)
+
+    state = fit(learner, steps, run_config.seed, fit_config.log_every, state, start, on_chunk)
+    bar.close()
+    if start < steps:
+        run.save_checkpoint(state, steps, ckpt)
+    return state
+
+
+def train_seeds_in_runs(learner: Learner, fit_config: FitConfig, run_configs: list[RunConfig], runs: list[Run],
+                        env_id: str | None, reference: Reference | None, batching: str = "map") -> list[Any]:
+    """:func:`train_in_run` for one learner and several seeds (one run directory each), trained together by
+    :func:`fit_seeds`. A seed whose checkpoint lags the others' (a kill between their saves) first catches up on
+    its own. Returns the final state of each seed."""
+    resumed = [_resume(learner, config, run, "checkpoint", "") for config, run in zip(run_configs, runs)]
+    start = max(step for _, step in resumed)
+    states = []
+    for (state, step), config, run in zip(resumed, run_configs, runs):
+        if step < start:
+            log.info("seed %d: catching up from step %d to %d", config.seed, step, start)
+            state = fit(learner, start, config.seed, fit_config.log_every, state, step,
+                        _recorder(learner, fit_config, config, run, env_id, reference, "", None))
+        states.append(state)
+    steps, seeds = fit_config.steps, [config.seed for config in run_configs]
+    bar = tqdm(total=steps, initial=start, desc=f"train {len(seeds)} seeds", unit="upd",
+               disable=not run_configs[0].progress, dynamic_ncols=True)
+    records = [_recorder(learner, fit_config, config, run, env_id, reference, "", None)
+               for config, run in zip(run_configs, runs)]
+
+    def on_chunk(step: int, stack: Any, metrics: list[dict[str, float]]) -> None:
+        bar.update(step - bar.n)
+        for index, (record, seed_metrics) in enumerate(zip(records, metrics)):
+            record(step, seed_state(stack, index), seed_metrics)
+
+    stack = fit_seeds(learner, steps, seeds, fit_config.log_every, states, start, on_chunk, batching)
+    bar.close()
+    finals = [seed_state(stack, index) for index in range(len(seeds))]
+    if start < steps:
+        for run, state in zip(runs, finals):
+            run.save_checkpoint(state, steps, "checkpoint")
+    return finals
+
+
+def _resume(learner: Learner, run_config: RunConfig, run: Run, ckpt: str, stage: str) -> tuple[Any, int]:
+    """The run's checkpointed state and step, or a fresh state at step 0."""
+    template = learner.init(jax.random.PRNGKey(run_config.seed))
+    if not run.has_checkpoint(ckpt):
+        return template, 0
+    state, start = run.load_checkpoint(template, ckpt)
+    run.truncate_metrics(start, stage)
+    log.info("resuming %s from step %d", ckpt, start)
+    return state, start
+
+
+def _recorder(learner: Learner, fit_config: FitConfig, run_config: RunConfig, run: Run, env_id: str | None,
+              reference: Reference | None, stage: str, bar) -> Callable[[int, Any, dict[str, float]], None]:
+    """What a run keeps after each chunk: metrics, periodic evaluations and checkpoints."""
+    ckpt, steps = (f"{stage}checkpoint" if stage else "checkpoint"), fit_config.steps
+
+    def record(step: int, state: Any, metrics: dict[str, float]) -> None:
         row = {f"{stage}{k}" if stage else k: v for k, v in metrics.items()}
         due = lambda every: every > 0 and (step % every == 0)
         if env_id and due(fit_config.eval_every) and step < steps:
@@ -142,16 +257,13 @@ def train_in_run(learner: Learner, fit_config: FitConfig, run_config: RunConfig,
             row["eval/return"] = result["return_mean"]
             if "normalized_mean" in result:
                 row["eval/normalized_score"] = result["normalized_mean"]
-                bar.set_postfix(score=f"{result['normalized_mean']:.1f}")
+                if bar is not None:
+                    bar.set_postfix(score=f"{result['normalized_mean']:.1f}")
         run.log_metrics(step, row)
         if due(fit_config.checkpoint_every) or due(fit_config.eval_every) or step == steps:
             run.save_checkpoint(state, step, ckpt)
 
-    state = fit(learner, steps, run_config.seed, fit_config.log_every, state, start, on_chunk)
-    bar.close()
-    if start < steps:
-        run.save_checkpoint(state, steps, ckpt)
-    return state
+    return record
 
 
 def evaluate_final(learner: Learner, state: Any, run_config: RunConfig, env_id: str,

@@ -44,6 +44,9 @@ class Algorithm:
     budgets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     presets: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     legacy_flags: Mapping[str, tuple[str, ...]] = dataclasses.field(default_factory=dict)
+    train_seeds: Callable[[list, Any, list, str, str], list[dict[str, Any]]] | None = None
+    """``train_seeds(configs, dataset, runs, env_id, batching)``: several seeds in one process (``ipdrl train
+    --seeds``), one config and run per seed; None where the algorithm does not have it (multi-stage pipelines)."""
 
 
 _REGISTRY: dict[str, Algorithm] = {}

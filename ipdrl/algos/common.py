@@ -13,7 +13,7 @@ from ipdrl.data.dataset import Dataset, sample_transitions
 from ipdrl.data.statistics import normalize
 from ipdrl.evaluation import Policy, stateless_policy
 from ipdrl.runs import Run
-from ipdrl.training import Learner, evaluate_final, train_in_run
+from ipdrl.training import Learner, evaluate_final, train_in_run, train_seeds_in_runs
 
 
 def adam(learning_rate: float, decay_steps: int | None = None, weight_decay: float = 0.0) -> optax.GradientTransformation:
@@ -58,5 +58,11 @@ def learner_algorithm(name: str, config_class: type, make_learner: Callable[[Any
         state, step = run.load_checkpoint(learner.init(jax.random.PRNGKey(config.seed)))
         return {**evaluate_final(learner, state, config, env_id, dataset.reference()), "step": step}
 
+    def train_seeds(configs: list, dataset: Dataset, runs: list[Run], env_id: str, batching: str) -> list[dict]:
+        learner = make_learner(configs[0], dataset)  # the configs differ only in their seeds and run directories
+        states = train_seeds_in_runs(learner, configs[0], configs, runs, env_id, dataset.reference(), batching)
+        return [evaluate_final(learner, state, config, env_id, dataset.reference())
+                for state, config in zip(states, configs)]
+
     return register(Algorithm(name=name, Config=config_class, train=train, evaluate=evaluate, summary=summary,
-                              budgets=budgets or {}, presets=presets or {}))
+                              budgets=budgets or {}, presets=presets or {}, train_seeds=train_seeds))
