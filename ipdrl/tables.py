@@ -4,6 +4,8 @@ per-seed scores; written as ``<docs>/<name>.md`` and ``<docs>/<name>.json`` (sch
 
 from __future__ import annotations
 
+import json
+
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -86,6 +88,25 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any
         for dataset, scores in scores_by(rows, method.name).items():
             lines.append(f"- {method.name}, {dataset}: " + ", ".join(f"{s:.1f}" for s in scores))
     return "\n".join(lines) + "\n"
+
+
+def overwrite_problem(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path) -> str | None:
+    """Why writing ``rows`` as the sweep's table would lose results already in ``docs`` (None when it would not): no
+    finished runs, runs in the existing table whose run directories are not here, or a table made another way."""
+    docs = Path(docs)
+    table, made = docs / f"{sweep.name}.json", docs / f"{sweep.name}.md"
+    if not rows:
+        return "no run of the sweep has finished"
+    if table.exists():
+        here = {(r["method"], r["dataset"], r["seed"]) for r in rows}
+        missing = [r for r in json.loads(table.read_text()).get("runs", [])
+                   if (r["method"], r["dataset"], r["seed"]) not in here]
+        if missing:
+            return (f"{table} holds {len(missing)} runs whose run directories are not here (e.g. {missing[0]['method']} "
+                    f"{missing[0]['dataset']} seed {missing[0]['seed']}); rewriting it would drop them")
+    elif made.exists():
+        return f"{made} exists without {table.name}: it was made another way (an earlier evidence runner)"
+    return None
 
 
 def write_report(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path, command: str) -> dict[str, Any]:

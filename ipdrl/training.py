@@ -110,19 +110,9 @@ def fit(
         state = learner.init(jax.random.PRNGKey(seed))
     # Buffers are donated to the jitted chunk; states may alias (target = online at init), so copy once.
     state = jax.tree_util.tree_map(lambda x: jnp.array(x, copy=True), state)
-    fields = to_device(learner.fields)
-    chunk_fns: dict[int, Callable] = {}
-    step = start_step
-    while step < steps:
-        length = min(log_every, steps - step)
-        if length not in chunk_fns:
-            chunk_fns[length] = make_chunk_fn(learner, length)
-        state, metrics = chunk_fns[length](state, fields, chunk_key(seed, step))
-        step += length
-        scalars = _finite({k: float(v) for k, v in metrics.items()}, step)
-        if on_chunk is not None and on_chunk(step, state, scalars):
-            break
-    return state
+    return _chunks(state, to_device(learner.fields), steps, start_step, log_every,
+                   lambda length: make_chunk_fn(learner, length), lambda step: chunk_key(seed, step),
+                   lambda metrics, step: _finite({k: float(v) for k, v in metrics.items()}, step), on_chunk)
 
 
 def fit_seeds(
@@ -138,18 +128,27 @@ def fit_seeds(
     """:func:`fit` for several seeds at once, from one state per seed (all at ``start_step``), as one jitted call per
     chunk (:func:`make_seeds_chunk_fn`). The states travel stacked on a leading seed axis: ``on_chunk`` gets the
     stack and one metrics dict per seed; the stack is returned."""
-    state = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
-    fields = to_device(learner.fields)
+    stack = jax.tree_util.tree_map(lambda *xs: jnp.stack(xs), *states)
+    return _chunks(stack, to_device(learner.fields), steps, start_step, log_every,
+                   lambda length: make_seeds_chunk_fn(learner, length, batching),
+                   lambda step: jnp.stack([chunk_key(seed, step) for seed in seeds]),
+                   lambda metrics, step: [_finite({k: float(v[i]) for k, v in metrics.items()}, step, seed)
+                                          for i, seed in enumerate(seeds)], on_chunk)
+
+
+def _chunks(state, fields, steps: int, start_step: int, log_every: int, make_fn, keys, read, on_chunk):
+    """The loop of :func:`fit` and :func:`fit_seeds`: chunks of ``log_every`` updates up to ``steps``, each chunk
+    function made once per length (``make_fn``), keyed by ``keys(step)``, its metrics read by ``read``."""
     chunk_fns: dict[int, Callable] = {}
     step = start_step
     while step < steps:
         length = min(log_every, steps - step)
         if length not in chunk_fns:
-            chunk_fns[length] = make_seeds_chunk_fn(learner, length, batching)
-        state, metrics = chunk_fns[length](state, fields, jnp.stack([chunk_key(seed, step) for seed in seeds]))
+            chunk_fns[length] = make_fn(length)
+        state, metrics = chunk_fns[length](state, fields, keys(step))
         step += length
-        per_seed = [_finite({k: float(v[i]) for k, v in metrics.items()}, step, seed) for i, seed in enumerate(seeds)]
-        if on_chunk is not None and on_chunk(step, state, per_seed):
+        values = read(metrics, step)  # raises on NaN/inf, with or without on_chunk
+        if on_chunk is not None and on_chunk(step, state, values):
             break
     return state
 

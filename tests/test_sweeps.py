@@ -121,3 +121,19 @@ def test_a_sweep_with_a_killed_worker_completes_to_the_results_of_an_uninterrupt
     aggregates = json.loads((killed / "docs" / "tiny.json").read_text())["aggregates"]
     assert {a["dataset"] for a in aggregates["paired"]} == {"embedded", "all"}
     assert "| iql |" in (killed / "docs" / "tiny.md").read_text()
+
+
+def test_a_table_is_not_rewritten_where_that_would_drop_results(tmp_path):
+    from ipdrl import tables
+    from ipdrl.sweeps import Method, Sweep
+
+    sweep = Sweep(name="t", datasets=["d"], seeds=[0, 1], methods=[Method(name="iql", algo="iql")])
+    row = lambda seed: {"method": "iql", "dataset": "d", "seed": seed, "normalized_score": 10.0 + seed,
+                        "episode_scores": [10.0 + seed], "budget": "cpu", "command": "ipdrl train"}
+    assert "no run" in tables.overwrite_problem(sweep, [], tmp_path)
+    assert tables.overwrite_problem(sweep, [row(0)], tmp_path) is None
+    tables.write_report(sweep, [row(0), row(1)], tmp_path, "ipdrl sweep t.toml")
+    assert "seed 1" in tables.overwrite_problem(sweep, [row(0)], tmp_path)  # a checkout without seed 1's run
+    assert tables.overwrite_problem(sweep, [row(0), row(1)], tmp_path) is None
+    (tmp_path / "t.json").unlink()
+    assert "made another way" in tables.overwrite_problem(sweep, [row(0)], tmp_path)

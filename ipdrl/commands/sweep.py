@@ -30,6 +30,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--docs", default="docs/evidence", help="where the table (<name>.md and .json) is written")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     parser.add_argument("--report-only", action="store_true", help="write the table from the runs that are done")
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write the table even where that drops results the existing one holds")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
 
@@ -56,8 +58,13 @@ def main(argv: list[str]) -> int:
     else:
         rows, failures = sweeps.run(sweep, args.scheduler, args.workers, args.progress)
     command = "ipdrl sweep " + shlex.join(argv)
-    tables.write_report(sweep, rows, args.docs, command)
+    problem = None if args.overwrite else tables.overwrite_problem(sweep, rows, args.docs)
+    if problem is None:
+        tables.write_report(sweep, rows, args.docs, command)
     print(tables.markdown(sweep, rows, tables.aggregate(sweep, rows), command))
     for failure in failures:
         print(f"FAILED: {failure}", file=sys.stderr)
-    return 1 if failures else 0
+    if problem is not None:
+        print(f"the table in {args.docs} was not rewritten: {problem}. Pass --overwrite to write it anyway, or "
+              f"--docs DIR to write it elsewhere.", file=sys.stderr)
+    return 1 if failures or problem else 0
