@@ -102,8 +102,9 @@ def overwrite_problem(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
         missing = [r for r in json.loads(table.read_text()).get("runs", [])
                    if (r["method"], r["dataset"], r["seed"]) not in here]
         if missing:
-            return (f"{table} holds {len(missing)} runs whose run directories are not here (e.g. {missing[0]['method']} "
-                    f"{missing[0]['dataset']} seed {missing[0]['seed']}); rewriting it would drop them")
+            first = missing[0]
+            return (f"{table} holds {len(missing)} runs whose run directories are not here (e.g. {first['method']} "
+                    f"{first['dataset']} seed {first['seed']}); rewriting it would drop them")
     elif made.exists():
         return f"{made} exists without {table.name}: it was made another way (an earlier evidence runner)"
     return None

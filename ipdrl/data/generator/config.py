@@ -17,7 +17,8 @@ class GenerateConfig:
     """Settings of ``ipdrl data generate``."""
 
     env: str = "Hopper-v5"
-    """Gymnasium id of any environment with Box observation and action spaces."""
+    """Gymnasium id of any environment with Box observation and action spaces, or an AntMaze (AntMaze_UMaze-v5,
+    AntMaze_Medium_Diverse_GR-v5, AntMaze_Large_Diverse_GR-v5) with --level umaze, diverse or play."""
     level: Level = "medium-replay"
     output: str | None = None
     """Output .hdf5 (default <family>-<level>.hdf5)."""
