@@ -11,8 +11,9 @@ end at the goal, so an episode's return is its success (0 or 1) and the normalis
 The datasets end their episodes in time-outs only: their termination function is "never".
 
 **The controller's task** (:class:`AntGoalEnv`, ``AntGoal-v0``): Gymnasium's Ant-v5 on open ground with a goal
-1-6 units away (a maze cell is 4), observing its state and the goal relative to its position; rewarded by its speed
-towards the goal, Ant-v5's healthy reward and control cost; a reached goal is replaced by a new one.
+1-6 units away (a maze cell is 4), observing its state and the goal relative to its position in the frame of its
+heading, at most 3 units away (:func:`controller_observation`); rewarded by its speed towards the goal, Ant-v5's
+healthy reward and control cost; a reached goal is replaced by a new one.
 """
 
 from __future__ import annotations
@@ -193,9 +194,19 @@ class AntGoalEnv(gym.Env):
         return self._observe(ant_obs), reward, terminated, truncated, info
 
 
+TARGET_HORIZON = 3.0  # the controller sees targets no farther than this: beyond, only their direction matters
+
+
 def controller_observation(state: np.ndarray, xy: np.ndarray, target: np.ndarray) -> np.ndarray:
-    """The controller's input: the ant's state without x, y, and where it should go relative to where it is."""
-    return np.concatenate([state, np.asarray(target) - xy]).astype(np.float32)
+    """The controller's input: the ant's state without x, y (``state[1:5]`` its orientation quaternion), and where it
+    should go relative to where it is, in the frame of its heading (so that "go left" looks the same whichever way
+    it faces), at most ``TARGET_HORIZON`` away."""
+    w, x, y, z = state[1:5]
+    yaw = np.arctan2(2 * (w * z + x * y), 1 - 2 * (y * y + z * z))
+    dx, dy = np.asarray(target, np.float64) - xy
+    local = np.array([np.cos(yaw) * dx + np.sin(yaw) * dy, -np.sin(yaw) * dx + np.cos(yaw) * dy])
+    local *= min(1.0, TARGET_HORIZON / max(float(np.linalg.norm(local)), 1e-9))
+    return np.concatenate([state, local]).astype(np.float32)
 
 
 def make(env_id: str, **kwargs):

@@ -48,6 +48,16 @@ def test_waypoints_follow_a_shortest_path_through_the_medium_maze():
     np.testing.assert_allclose(layout.waypoint(goal_xy + 0.7, goal_xy, distance), goal_xy)  # in the goal's cell
 
 
+def test_the_controller_sees_its_target_in_its_own_heading_and_no_farther_than_the_horizon():
+    facing_y = np.zeros(27)
+    facing_y[1], facing_y[4] = np.cos(np.pi / 4), np.sin(np.pi / 4)  # quaternion of a quarter turn about z
+    ahead = antmaze.controller_observation(facing_y, np.zeros(2), np.array([0.0, 5.0]))
+    np.testing.assert_allclose(ahead[-2:], [antmaze.TARGET_HORIZON, 0.0], atol=1e-6)
+    left = antmaze.controller_observation(facing_y, np.array([1.0, 1.0]), np.array([0.0, 1.0]))
+    np.testing.assert_allclose(left[-2:], [0.0, 1.0], atol=1e-6)
+    np.testing.assert_array_equal(left[:27], facing_y.astype(np.float32))
+
+
 def test_antmaze_level_and_env_must_go_together(tmp_path):
     with pytest.raises(ValueError, match="AntMaze environments take the levels"):
         generate(GenerateConfig(env=UMAZE, level="medium", output=str(tmp_path / "x.hdf5")))

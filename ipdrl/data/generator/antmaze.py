@@ -37,6 +37,7 @@ from ipdrl.data.generator.sac import SACTrainer, deterministic_action
 from ipdrl.storage import atomic_write_bytes
 
 EPISODE_STEPS = 1000
+CONTROLLER_CADENCE = dict(eval_every=20_000, checkpoint_every=20_000, eval_episodes=5)
 COLUMNS = ("observations", "actions", "rewards", "next_observations", "goals", "qpos", "qvel")
 
 
@@ -48,10 +49,12 @@ def dataset_stem(config: GenerateConfig, layout: antmaze.Maze) -> str:
 def train_controller(config: GenerateConfig, output: Path):
     """The goal-reaching controller (SAC on AntGoal-v0), trained or resumed in its shared directory."""
     work_dir = Path(config.controller_dir or output.parent / f"antmaze-controller-s{config.seed}.work")
-    shared = ("seed", "start_steps", "updates_every", "eval_every", "eval_episodes", "checkpoint_every", "hidden_dims",
-              "batch_size", "progress")  # only SAC's own settings: every maze and level can share the controller
+    # Only SAC's own settings, with a fixed evaluation and checkpoint cadence, so that every maze and level (with
+    # whatever other flags) finds and shares the same controller.
+    shared = ("seed", "start_steps", "updates_every", "hidden_dims", "batch_size", "progress")
     controller = GenerateConfig(env=antmaze.ANT_GOAL_ENV, level="expert", expert_steps=config.controller_steps,
-                                work_dir=str(work_dir), resume=True, **{k: getattr(config, k) for k in shared})
+                                work_dir=str(work_dir), resume=True, **CONTROLLER_CADENCE,
+                                **{k: getattr(config, k) for k in shared})
     trainer = SACTrainer(controller, work_dir)
     outcome = trainer.train(stop_at_threshold=False, total_steps=config.controller_steps, threshold=None)
     return trainer, outcome

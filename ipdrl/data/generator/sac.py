@@ -246,7 +246,8 @@ class SACTrainer:
 
 CHECKPOINT = "checkpoint.npz"
 # Settings that only say when to stop or where to write: a resumed run may change them.
-_RESUME_FREE = {"resume", "progress", "output", "level", "threshold", "max_sac_steps", "expert_steps", "transitions"}
+_RESUME_FREE = {"resume", "progress", "output", "level", "threshold", "max_sac_steps", "expert_steps", "transitions",
+                "work_dir"}
 
 _BATCH_COLUMNS = {"observations": "observations", "actions": "actions", "rewards": "rewards",
                   "next_observations": "next_observations", "dones": "terminals"}
