@@ -218,3 +218,16 @@ def test_flat_flags_of_the_earlier_release_still_set_the_nested_dwm_settings(cap
                     "--reward.learning-rate=1e-4", "--model.batch-size=128", "--reward.batch-size=128",
                     "--rebrac.steps", "50", "--adapt-lr", "1e-3"]
     assert "--horizon is now --planner.horizon" in caplog.text
+
+
+def test_evaluations_can_be_recorded_for_plots():
+    import jax.numpy as jnp
+
+    from ipdrl.evaluation import evaluate, recording_observations, stateless_policy
+
+    policy = stateless_policy(lambda params, obs, key: jnp.zeros((obs.shape[0], 1)))
+    with recording_observations() as recorded:
+        result = evaluate(policy, {}, "Pendulum-v1", episodes=2, seed=0, max_steps=7)
+    evaluate(policy, {}, "Pendulum-v1", episodes=1, seed=0, max_steps=3)  # outside: not recorded
+    assert len(recorded) == 1 and [len(e) for e in recorded[0]] == [n + 1 for n in result["lengths"]] == [8, 8]
+    assert recorded[0][0].shape == (8, 3)
