@@ -65,9 +65,8 @@ class _Commander:
 
     def __init__(self, level: str, layout: antmaze.Maze, rng: np.random.Generator):
         self.level, self.layout, self.rng = level, layout, rng
-        cells = {"umaze": [layout.start], "diverse": layout.free_cells, "play": list(layout.play_cells)}[level]
-        self.cells = cells
-        self.start = layout.start if level == "umaze" else cells[rng.integers(len(cells))]
+        self.cells = {"umaze": [layout.start], "diverse": layout.free_cells, "play": list(layout.play_cells)}[level]
+        self.start = layout.start if level == "umaze" else self.cells[rng.integers(len(self.cells))]
         self.goal_cell, self.goal_xy, self.distance = None, None, None
         self.next_goal(self.start)
 
@@ -96,7 +95,7 @@ def _collect_group(config: GenerateConfig, layout: antmaze.Maze, act, first_epis
                     for k, (env, c) in enumerate(zip(env_list, commanders))])
     record = {k: [] for k in COLUMNS}
     for _ in range(EPISODE_STEPS):
-        targets = [c.layout.waypoint(o[:2], c.goal_xy, c.distance) for o, c in zip(obs, commanders)]
+        targets = [layout.waypoint(o[:2], c.goal_xy, c.distance) for o, c in zip(obs, commanders)]
         inputs = np.stack([antmaze.controller_observation(o[2:], o[:2], t) for o, t in zip(obs, targets)])
         noise = np.stack([rng.normal(0.0, config.action_noise, env_list[0].action_space.shape) for rng in rngs])
         actions = np.clip(act(inputs) + noise, -1.0, 1.0).astype(np.float32)
@@ -117,14 +116,14 @@ def _collect_group(config: GenerateConfig, layout: antmaze.Maze, act, first_epis
     return {k: np.stack(v, axis=1).astype(np.float32) for k, v in record.items()}
 
 
-def generate_antmaze(config: GenerateConfig, output: Path | None = None) -> Path:
+def generate_antmaze(config: GenerateConfig) -> Path:
     """Make the AntMaze dataset ``config`` describes and write it (D4RL hdf5, atomically); returns its path."""
     import gymnasium as gym
     import mujoco
 
     layout = antmaze.maze(config.env)
     stem = dataset_stem(config, layout)
-    output = Path(output or config.output or f"{stem}.hdf5")
+    output = Path(config.output or f"{stem}.hdf5")
     work_dir = Path(config.work_dir) if config.work_dir else output.with_suffix(".work")
     started = time.perf_counter()
     trainer, outcome = train_controller(config, output)
