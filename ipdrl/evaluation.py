@@ -107,7 +107,8 @@ def evaluate(
         if done.all():
             break
     if trace is not None:
-        episodes_seen = [np.stack(trace)[: lengths[i] + 1, i] for i in range(episodes)]
+        steps = np.stack(trace)
+        episodes_seen = [steps[: lengths[i] + 1, i] for i in range(episodes)]
         for recorded in _RECORDINGS:
             recorded.append(episodes_seen)
     for env in env_list:

@@ -49,12 +49,17 @@ def config_dict(algo: str, config: RunConfig) -> dict[str, Any]:
     return {"algo": algo, **dataclasses.asdict(config)}
 
 
+def create_run(algorithm: Algorithm, config: RunConfig) -> Run:
+    """The run directory ``config`` names (or the default one), created or resumed with the config saved."""
+    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(algorithm.name, config)
+    return Run.create(run_dir, config_dict(algorithm.name, config), resume=config.resume)
+
+
 def train(algorithm: Algorithm, config: RunConfig) -> dict[str, Any]:
     """Train as configured, evaluate the final checkpoint, write results.json and the learning curve.
     ``algorithm``: an :class:`~ipdrl.algos.Algorithm`, its name or its module."""
     algorithm = as_algorithm(algorithm)
-    run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(algorithm.name, config)
-    run = Run.create(run_dir, config_dict(algorithm.name, config), resume=config.resume)
+    run = create_run(algorithm, config)
     env_id, dataset = prepare(config, load_dataset(config.dataset))
     started = time.perf_counter()
     try:
@@ -81,8 +86,7 @@ def train_seeds(algorithm: Algorithm, config: RunConfig, seeds: list[int], batch
                          f"every seed gets its own run directory.")
     configs = [dataclasses.replace(config, seed=seed, run_dir=config.run_dir.replace("{seed}", str(seed))
                                    if config.run_dir else None) for seed in seeds]
-    runs = [Run.create(Path(c.run_dir) if c.run_dir else default_run_dir(algorithm.name, c),
-                       config_dict(algorithm.name, c), resume=c.resume) for c in configs]
+    runs = [create_run(algorithm, c) for c in configs]
     env_id, dataset = prepare(config, load_dataset(config.dataset))
     started = time.perf_counter()
     try:

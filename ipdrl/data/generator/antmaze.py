@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -133,14 +134,16 @@ def generate_antmaze(config: GenerateConfig) -> Path:
     act = lambda inputs: np.asarray(policy(jnp.asarray(inputs)))
 
     episodes = -(-config.transitions // EPISODE_STEPS)
-    groups, collected = _load_collection(work_dir, config) if config.resume else ([], 0)
+    if not config.resume:  # a fresh start: an earlier collection's groups must not be read as this one's
+        shutil.rmtree(work_dir / "collection", ignore_errors=True)
+    groups, collected = _load_collection(work_dir, config)
     bar = tqdm(total=episodes * EPISODE_STEPS, initial=collected * EPISODE_STEPS, desc=f"collect {stem}",
                unit="step", disable=not config.progress)
     while collected < episodes:
         group = _collect_group(config, layout, act, collected, min(config.parallel_episodes, episodes - collected))
+        _save_group(work_dir, config, group, collected)
         groups.append(group)
         collected += len(group["rewards"])
-        _save_collection(work_dir, config, groups, collected)
         bar.update(len(group["rewards"]) * EPISODE_STEPS)
     bar.close()
 
@@ -174,23 +177,30 @@ def _settings(config: GenerateConfig) -> dict:
     return json.loads(json.dumps({k: getattr(config, k) for k in _SETTINGS}))
 
 
-def _save_collection(work_dir: Path, config: GenerateConfig, groups: list[dict], collected: int) -> None:
-    work_dir.mkdir(parents=True, exist_ok=True)
+def _group_path(work_dir: Path, first_episode: int) -> Path:
+    return work_dir / "collection" / f"episodes-{first_episode:07d}.npz"
+
+
+def _save_group(work_dir: Path, config: GenerateConfig, group: dict, first_episode: int) -> None:
+    """One group of episodes in a file of its own, with the settings that made it: each group is written once."""
+    path = _group_path(work_dir, first_episode)
+    path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
-    arrays = {k: np.concatenate([g[k] for g in groups]) for k in COLUMNS}
-    meta = json.dumps({"episodes": collected, "settings": _settings(config)}).encode()
-    np.savez(buffer, _meta=np.frombuffer(meta, np.uint8), **arrays)
-    atomic_write_bytes(work_dir / "collection.npz", buffer.getvalue())
+    meta = json.dumps({"first_episode": first_episode, "settings": _settings(config)}).encode()
+    np.savez(buffer, _meta=np.frombuffer(meta, np.uint8), **group)
+    atomic_write_bytes(path, buffer.getvalue())
 
 
 def _load_collection(work_dir: Path, config: GenerateConfig) -> tuple[list[dict], int]:
-    path = work_dir / "collection.npz"
-    if not path.exists():
-        return [], 0
-    with np.load(path) as saved:
-        meta = json.loads(saved["_meta"].tobytes())
-        if meta["settings"] != _settings(config):
-            changed = sorted(k for k in _SETTINGS if meta["settings"].get(k) != _settings(config)[k])
-            raise ValueError(f"cannot resume from {work_dir}: settings differ in {changed}. Use the same settings, "
-                             f"or delete the work directory to start over.")
-        return [{k: saved[k] for k in COLUMNS}], meta["episodes"]
+    """The groups collected so far (contiguous from episode 0) and their episode count."""
+    groups, collected = [], 0
+    while (path := _group_path(work_dir, collected)).exists():
+        with np.load(path) as saved:
+            settings = json.loads(saved["_meta"].tobytes())["settings"]
+            if settings != _settings(config):
+                changed = sorted(k for k in _SETTINGS if settings.get(k) != _settings(config)[k])
+                raise ValueError(f"cannot resume from {work_dir}: settings differ in {changed}. Use the same "
+                                 f"settings, or delete the work directory to start over.")
+            groups.append({k: saved[k] for k in COLUMNS})
+        collected += len(groups[-1]["rewards"])
+    return groups, collected
