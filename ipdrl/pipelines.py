@@ -12,14 +12,13 @@ from ipdrl import envs
 from ipdrl.algos import Algorithm, as_algorithm
 from ipdrl.config import RunConfig, config_from_json
 from ipdrl.data.dataset import Dataset
-from ipdrl.data.loading import load_dataset
+from ipdrl.data.loading import dataset_label, load_dataset
 from ipdrl.runs import Run
 from ipdrl.training import SEED_BATCHING
 
 
 def default_run_dir(algo: str, config: RunConfig) -> Path:
-    name = Path(config.dataset).stem if config.dataset.endswith((".hdf5", ".h5")) else config.dataset
-    return Path("runs") / f"{algo}-{name.replace(':', '-').replace('/', '-')}-s{config.seed}"
+    return Path("runs") / f"{algo}-{dataset_label(config.dataset)}-s{config.seed}"
 
 
 def eval_env_id(config: RunConfig, dataset: Dataset) -> str:

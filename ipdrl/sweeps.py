@@ -3,7 +3,8 @@
 A sweep is defined in a TOML or YAML file (or by flags: ``ipdrl sweep --algos ...``)::
 
     name = "baselines"                      # the table's name: <docs>/<name>.md and .json
-    out = "runs/sweeps/baselines"           # run directories: <out>/<method>/<dataset>-s<seed>
+    out = "runs/sweeps/baselines"           # run directories: <out>/<method>/<label>-s<seed>, <label> the dataset's
+                                            # name (a file's stem)
     budget = "cpu"
     datasets = ["hopper-medium-replay", "walker2d-medium-replay"]
     seeds = [0, 1, 2, 3, 4]
@@ -13,10 +14,10 @@ A sweep is defined in a TOML or YAML file (or by flags: ``ipdrl sweep --algos ..
     [[methods]]
     name = "iql"                            # the row's name
     algo = "iql"
-    flags = ["--steps", "100000"]           # any `ipdrl train` flags; {dataset}, {seed} and {out} are filled in
+    flags = ["--steps", "100000"]           # any `ipdrl train` flags; {dataset}, {label}, {seed} and {out} are filled
     # seeds, datasets, budget: optional per-method overrides
     # after = "rebrac": each run starts once that method's run of the same dataset and seed is done (DWM-MPC's
-    #                   --base-run {out}/rebrac/{dataset}-s{seed})
+    #                   --base-run {out}/rebrac/{label}-s{seed})
     # program = ["python", "benchmarks/d3rlpy_quality.py"]: another program with the same core flags
 
 Every run is a subprocess (its own XLA, one core's worth of threads, killed with its worker): the task of a run
@@ -40,6 +41,7 @@ from pathlib import Path
 from typing import Any
 
 from ipdrl.config import require
+from ipdrl.data.loading import dataset_label
 
 log = logging.getLogger("ipdrl")
 
@@ -82,6 +84,10 @@ class Sweep:
         for method in self.methods:
             require(method.after is None or method.after in names[:names.index(method.name)],
                     f"sweep {self.name!r}: {method.name} runs after {method.after!r}, which must be an earlier method.")
+        every = sorted({d for m in self.methods for d in m.datasets or []} | set(self.datasets))
+        labels = [dataset_label(d) for d in every]
+        require(len(set(labels)) == len(labels), f"sweep {self.name!r}: datasets {every} share run-directory names "
+                f"{labels}; give files different names.")
         for pair in self.paired:
             require(len(pair) == 2 and set(pair) <= set(names),
                     f"sweep {self.name!r}: paired {pair} must name two of its methods ({names}).")
@@ -144,7 +150,8 @@ def tasks(sweep: Sweep) -> list[Task]:
         budget = method.budget or sweep.budget
         for dataset in method.datasets or sweep.datasets:
             for seed in method.seeds if method.seeds is not None else sweep.seeds:
-                run_dir = out / method.name / f"{dataset}-s{seed}"
+                label = dataset_label(dataset)
+                run_dir = out / method.name / f"{label}-s{seed}"
                 core = ["--algo", method.algo, "--budget", budget, "--dataset", dataset, "--seed", str(seed)]
                 if method.program is None:
                     extra = ["--cache-dir", str(out / ".cache")] if method.algo == "ipd" else []
@@ -152,7 +159,7 @@ def tasks(sweep: Sweep) -> list[Task]:
                 else:
                     command = [*method.program, *core, "--run-dir", str(run_dir)]
                 lock = f"ipdrl-cache:{out}:{dataset}:{seed}" if method.algo == "ipd" else None
-                flags = [flag.format(dataset=dataset, seed=seed, out=out) for flag in method.flags]
+                flags = [flag.format(dataset=dataset, label=label, seed=seed, out=out) for flag in method.flags]
                 found.append(Task(method.name, method.algo, dataset, seed, budget, str(run_dir),
                                   tuple(command + flags), lock, method.after))
     return found
@@ -268,7 +275,9 @@ def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, 
                     failures.append(f"{task.label}: {future.exception()}")
                     log.error("sweep %s: %s", sweep.name, failures[-1].splitlines()[0])
                 bar.update(1)
-                running = sum(len(tasks_) for tasks_ in client.processing().values())
+                # A worker's "processing" set includes tasks queued behind the one it runs.
+                processing = client.processing()
+                running = sum(min(len(processing.get(w, ())), n) for w, n in client.nthreads().items())
                 bar.set_postfix(running=running, failed=len(failures))
             bar.close()
         if cluster is not None:

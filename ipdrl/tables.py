@@ -5,12 +5,12 @@ per-seed scores; written as ``<docs>/<name>.md`` and ``<docs>/<name>.json`` (sch
 from __future__ import annotations
 
 import json
-
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
 
 from ipdrl import statistics
+from ipdrl.data.loading import dataset_label
 from ipdrl.storage import atomic_write_bytes, atomic_write_json
 from ipdrl.sweeps import Sweep
 
@@ -71,7 +71,8 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any
              f"seeds [95% stratified bootstrap CI] (mean); the last column aggregates over datasets.", ""]
     cells = {(s["method"], s["dataset"]): s for s in aggregates["per_dataset"]}
     whole = {s["method"]: s for s in aggregates["overall"]}
-    lines += ["| method | " + " | ".join(sweep.datasets) + " | all |", "|---" * (len(sweep.datasets) + 2) + "|"]
+    lines += ["| method | " + " | ".join(map(dataset_label, sweep.datasets)) + " | all |",
+              "|---" * (len(sweep.datasets) + 2) + "|"]
     for method in sweep.methods:
         row = [_cell(cells[(method.name, d)]) + f" n={cells[(method.name, d)]['seeds']}" if (method.name, d) in cells
                else "—" for d in sweep.datasets]
@@ -82,11 +83,12 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any
         for p in aggregates["paired"]:
             low, high = p["mean_ci"]
             ci = "" if low != low else f" [{low:+.1f}, {high:+.1f}]"
-            lines.append(f"| {p['a']} − {p['b']} | {p['dataset']} | {p['runs']} | {p['mean']:+.1f}{ci} |")
+            scope = p["dataset"] if p["dataset"] == "all" else dataset_label(p["dataset"])
+            lines.append(f"| {p['a']} − {p['b']} | {scope} | {p['runs']} | {p['mean']:+.1f}{ci} |")
     lines += ["", "Per-seed scores:", ""]
     for method in sweep.methods:
         for dataset, scores in scores_by(rows, method.name).items():
-            lines.append(f"- {method.name}, {dataset}: " + ", ".join(f"{s:.1f}" for s in scores))
+            lines.append(f"- {method.name}, {dataset_label(dataset)}: " + ", ".join(f"{s:.1f}" for s in scores))
     return "\n".join(lines) + "\n"
 
 

@@ -137,3 +137,16 @@ def test_a_table_is_not_rewritten_where_that_would_drop_results(tmp_path):
     assert tables.overwrite_problem(sweep, [row(0), row(1)], tmp_path) is None
     (tmp_path / "t.json").unlink()
     assert "made another way" in tables.overwrite_problem(sweep, [row(0)], tmp_path)
+
+
+def test_a_dataset_given_as_a_path_gets_one_run_directory_per_method(tmp_path):
+    """A file path (``../shared/x.hdf5``) as a sweep dataset: run directories are named by the file's stem, inside
+    each method's folder; a path joined in as is would climb out of it and every method would share one."""
+    sweep = sweeps.Sweep(name="t", datasets=["../shared/fixtures/d4rl/kitchen-complete-v0.hdf5"], seeds=[0],
+                         out=str(tmp_path), methods=[sweeps.Method(name="bc", algo="bc"),
+                                                     sweeps.Method(name="iql", algo="iql")])
+    run_dirs = [Path(task.run_dir) for task in sweeps.tasks(sweep)]
+    assert run_dirs == [tmp_path / "bc" / "kitchen-complete-v0-s0", tmp_path / "iql" / "kitchen-complete-v0-s0"]
+    with pytest.raises(ValueError, match="share run-directory names"):
+        sweeps.Sweep(name="t", datasets=["a/x.hdf5", "b/x.hdf5"], seeds=[0],
+                     methods=[sweeps.Method(name="bc", algo="bc")])

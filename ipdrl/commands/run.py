@@ -86,7 +86,7 @@ def iql_row(config: ipd.Config, episodes: int) -> dict[str, Any]:
                 train_seconds=info.get("seconds"), dataset=dataset.name)
 
 
-def dataset_label(spec: str, name: str) -> str:
+def dataset_title(spec: str, name: str) -> str:
     return f"the embedded dataset ({name})" if spec.startswith("embedded") else name
 
 
@@ -95,7 +95,7 @@ def format_table(rows: dict[str, dict[str, Any]], args: Args) -> str:
     episodes = first["episodes"]
     seeds = f"{first['eval_seed']}-{first['eval_seed'] + episodes - 1}"
     lines = [
-        f"IPD vs DT vs IQL on {dataset_label(args.dataset, first['dataset'])} (budget {args.budget}, training seed "
+        f"IPD vs DT vs IQL on {dataset_title(args.dataset, first['dataset'])} (budget {args.budget}, training seed "
         f"{args.seed})",
         f"normalised score: {first.get('reference_table', 'no reference table for this environment')}",
         f"final checkpoints; mean ± std over {episodes} evaluation episodes (environment seeds {seeds})",

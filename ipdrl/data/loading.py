@@ -52,6 +52,14 @@ def load_dataset(spec: str) -> Dataset:
     return read_d4rl(download_d4rl(spec), name=spec.removesuffix("-v2"))
 
 
+def dataset_label(spec: str) -> str:
+    """A dataset spec as one path component for run directories and table columns: a file's stem (``../d/x.hdf5``
+    -> ``x``), a Minari directory's name, or the spec itself with ``:`` and ``/`` made safe."""
+    path = Path(spec).expanduser()
+    name = path.stem if spec.endswith((".hdf5", ".h5")) else path.resolve().name if path.is_dir() else spec
+    return name.replace(":", "-").replace("/", "-")
+
+
 def _load_embedded(name: str) -> Dataset:
     files = embedded_files()
     if not files:
