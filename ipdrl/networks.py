@@ -69,10 +69,12 @@ class DeterministicActor(nn.Module):
     act_dim: int
     hidden_dims: Sequence[int] = (256, 256)
     layer_norm: bool = False
+    dropout: float = 0.0
 
     @nn.compact
-    def __call__(self, obs: jax.Array) -> jax.Array:
-        return jnp.tanh(MLP(self.hidden_dims, self.act_dim, layer_norm=self.layer_norm)(obs))
+    def __call__(self, obs: jax.Array, train: bool = False) -> jax.Array:
+        mlp = MLP(self.hidden_dims, self.act_dim, layer_norm=self.layer_norm, dropout=self.dropout)
+        return jnp.tanh(mlp(obs, train))
 
 
 class GaussianActor(nn.Module):
