@@ -89,8 +89,8 @@ BUDGETS = {
     "cpu": dict(steps=300_000),
     "paper": dict(steps=1_000_000),
 }
-# Kitchen's 19 demonstrations: without dropout the actor fits them so closely that, closed loop, it leaves them
-# within a few steps (docs/evidence/kitchen.md).
+# Kitchen's 19 demonstrations: without dropout the actor fits them so closely that closed loop it leaves them
+# (docs/evidence/README.md, Kitchen).
 PRESETS = {"kitchen": dict(dropout=0.1)}
 ALGORITHM = learner_algorithm("bc", Config, make_learner, "Behaviour cloning (BC, and %BC with --top-fraction).",
                               BUDGETS, PRESETS)
