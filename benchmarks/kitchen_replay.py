@@ -35,6 +35,16 @@ def restore(kitchen, qpos: np.ndarray, qvel: np.ndarray) -> None:
     kitchen.robot_env._last_robot_qpos = np.asarray(qpos[:9], np.float64).copy()
 
 
+def step_from_record(env, dataset, t: int) -> np.ndarray:
+    """The observation after one step of the dataset's action ``t`` from its recorded state ``t`` (joint velocities
+    by finite differences of the recorded positions)."""
+    kitchen = env.unwrapped
+    velocity = np.zeros(kitchen.model.nv)
+    velocity[:9] = (dataset.observations[t, :9] - dataset.observations[t - 1, :9]) / kitchen.robot_env.dt
+    restore(kitchen, dataset.observations[t, :30], velocity)
+    return env.step(dataset.actions[t])[0]
+
+
 def replay(dataset, episode: int) -> dict:
     env = robotics.make(robotics.KITCHEN_ENV, robot_noise_ratio=0.0, object_noise_ratio=0.0)
     env.reset(seed=episode)
@@ -54,13 +64,9 @@ def replay(dataset, episode: int) -> dict:
     # One step from each recorded state (velocities from finite differences of the positions): the dynamics alone,
     # without the drift that open-loop replay accumulates.
     one_step = []
-    dt = kitchen.robot_env.dt
     for t in range(start + 1, end - 1):
         env.reset(seed=episode)
-        velocity = np.zeros(kitchen.model.nv)
-        velocity[:9] = (dataset.observations[t, :9] - dataset.observations[t - 1, :9]) / dt
-        restore(kitchen, dataset.observations[t, :30], velocity)
-        obs, *_ = env.step(dataset.actions[t])
+        obs = step_from_record(env, dataset, t)
         one_step.append(float(np.abs(obs[:9] - dataset.next_observations[t, :9]).mean()))
     env.close()
     at = lambda errors, k: float(np.mean(errors[:k]))

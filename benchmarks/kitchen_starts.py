@@ -8,8 +8,8 @@ kitchen) resets the robot to one fixed pose. Every finished run under ``--runs``
 ``ipdrl sweep benchmarks/sweeps/kitchen.toml`` makes them) is evaluated twice with its own algorithm's evaluation:
 from the environment's reset, and from the data's first states (episode ``i`` of the evaluation starts where
 demonstration ``(eval_seed + i) mod 19`` started: the simulator put in that state, velocities zero, as
-``benchmarks/kitchen_replay.py`` does). It also prints how far the reset pose is from the nearest demonstration's
-first pose, against how far each demonstration's first pose is from its nearest other one.
+``benchmarks/kitchen_replay.py`` does). It also measures where the data's robot and the simulator's differ
+(``model_facts``).
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from ipdrl.algos import as_algorithm  # noqa: E402
 from ipdrl.data.loading import load_dataset  # noqa: E402
 from ipdrl.pipelines import prepare, saved_config  # noqa: E402
 from ipdrl.runs import Run  # noqa: E402
-from kitchen_replay import restore  # noqa: E402
+from kitchen_replay import restore, step_from_record  # noqa: E402
 
 DATA_STARTS = "ipdrl-benchmarks/FrankaKitchenDataStarts-v1"
 
@@ -70,15 +70,9 @@ def model_facts(dataset) -> dict:
     low, high = kitchen.robot_env.robot_pos_bound[7:9].T
     fingers = dataset.observations[:, 7:9]
     steps = np.setdiff1d(np.arange(1, len(dataset.observations) - 1), dataset.episode_starts)[::7]
-    simulated, recorded = [], []
-    for t in steps:
-        velocity = np.zeros(kitchen.model.nv)
-        velocity[:9] = (dataset.observations[t, :9] - dataset.observations[t - 1, :9]) / kitchen.robot_env.dt
-        restore(kitchen, dataset.observations[t, :30], velocity)
-        simulated.append(env.step(dataset.actions[t])[0][:9] - dataset.observations[t, :9])
-        recorded.append(dataset.next_observations[t, :9] - dataset.observations[t, :9])
+    simulated = np.array([step_from_record(env, dataset, t)[:9] for t in steps]) - dataset.observations[steps, :9]
+    recorded = dataset.next_observations[steps, :9] - dataset.observations[steps, :9]
     env.close()
-    simulated, recorded = np.asarray(simulated), np.asarray(recorded)
     return {"reset_to_nearest_demo_start": float(np.linalg.norm(firsts - reset, axis=1).min()),
             "demo_start_to_nearest_other_median": float(np.median(between.min(1))),
             "finger_bounds_env": [low.tolist(), high.tolist()],
@@ -99,15 +93,15 @@ def main() -> int:
     finished = sorted(p.parent for p in Path(args.runs).glob("*/*/results.json"))
     if not finished:
         raise SystemExit(f"no finished runs under {args.runs}: run `ipdrl sweep benchmarks/sweeps/kitchen.toml`.")
-    rows, gap = [], None
+    rows, facts = [], None
     for run_dir in finished:
         run = Run.open(run_dir)
         algorithm = as_algorithm(run.config["algo"])
         config = saved_config(algorithm, run)
         config.eval_episodes = args.episodes
         env_id, dataset = prepare(config, load_dataset(config.dataset))
-        if gap is None:
-            gap = model_facts(dataset)
+        if facts is None:
+            facts = model_facts(dataset)
             gym.register(DATA_STARTS, entry_point=make_data_starts, kwargs={"dataset": config.dataset},
                          max_episode_steps=robotics.KITCHEN_EPISODE_STEPS)
         row = {"method": run_dir.parent.name, "seed": config.seed, "run_dir": str(run_dir)}
@@ -117,7 +111,7 @@ def main() -> int:
         rows.append(row)
         print(f"{row['method']:>6} seed {row['seed']}: tasks completed from the reset {row['tasks_reset']:.2f}, "
               f"from the data's starts {row['tasks_data_starts']:.2f}", flush=True)
-    print(json.dumps(gap, indent=1))
+    print(json.dumps(facts, indent=1))
     methods = sorted({r["method"] for r in rows})
     summary = {m: {key: float(np.mean([r[key] for r in rows if r["method"] == m]))
                    for key in ("tasks_reset", "tasks_data_starts")} for m in methods}
@@ -128,7 +122,7 @@ def main() -> int:
     if args.out:
         command = "python benchmarks/kitchen_starts.py " + " ".join(sys.argv[1:])
         Path(args.out).write_text(json.dumps({"command": command.strip(), "episodes": args.episodes,
-                                              "model": gap, "summary": summary, "runs": rows}, indent=1) + "\n")
+                                              "model": facts, "summary": summary, "runs": rows}, indent=1) + "\n")
     return 0
 
 
