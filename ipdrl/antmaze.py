@@ -144,10 +144,13 @@ class AntGoalEnv(gym.Env):
 
     metadata = {"render_modes": []}
 
-    def __init__(self, min_distance: float = 1.0, max_distance: float = 6.0):
+    def __init__(self, min_distance: float = 1.0, max_distance: float = 6.0, ctrl_cost_weight: float = 0.5,
+                 healthy_reward: float = 1.0):
         from gymnasium.envs.mujoco.ant_v5 import AntEnv
 
-        self.ant = AntEnv(exclude_current_positions_from_observation=False, include_cfrc_ext_in_observation=False)
+        # the reward's weights default to Ant-v5's
+        self.ant = AntEnv(exclude_current_positions_from_observation=False, include_cfrc_ext_in_observation=False,
+                          ctrl_cost_weight=ctrl_cost_weight, healthy_reward=healthy_reward)
         self.min_distance, self.max_distance = min_distance, max_distance
         self.action_space = self.ant.action_space
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (29,), np.float32)
@@ -209,10 +212,17 @@ def controller_observation(state: np.ndarray, xy: np.ndarray, target: np.ndarray
     return np.concatenate([state, local]).astype(np.float32)
 
 
+def register_controller_task(**weights) -> None:
+    """(Re)register ``AntGoal-v0`` with these :class:`AntGoalEnv` reward weights, for every later ``make`` in this
+    process (the SAC trainer makes its training and evaluation envs by id)."""
+    gym.registry.pop(ANT_GOAL_ENV, None)
+    gym.register(ANT_GOAL_ENV, entry_point=AntGoalEnv, max_episode_steps=1000, kwargs=weights)
+
+
 def make(env_id: str, **kwargs):
     """``AntGoal-v0`` (the controller's task) or an AntMaze as D4RL's."""
     if env_id == ANT_GOAL_ENV:
         if ANT_GOAL_ENV not in gym.registry:
-            gym.register(ANT_GOAL_ENV, entry_point=AntGoalEnv, max_episode_steps=1000)
+            register_controller_task()
         return gym.make(ANT_GOAL_ENV, **kwargs)
     return make_maze(env_id, **kwargs)

@@ -66,8 +66,10 @@ def evaluate(
     seed: int = 10_000,
     reference: envs.Reference | None = None,
     max_steps: int | None = None,
+    info_totals: tuple[str, ...] = (),
 ) -> dict[str, Any]:
-    """Run ``episodes`` episodes in lockstep; returns raw and normalised returns with the reference table named.
+    """Run ``episodes`` episodes in lockstep; returns raw and normalised returns with the reference table named,
+    and for each ``info_totals`` key the mean over episodes of its per-episode sum (e.g. AntGoal's goals reached).
 
     Environment ``i`` is reset with seed ``seed + i``: keep ``seed`` apart from training seeds. Scores are normalised
     with ``reference`` (``Dataset.reference()``), by default the D4RL table's for the environment's family.
@@ -83,6 +85,7 @@ def evaluate(
     lengths = np.zeros(episodes, dtype=np.int64)
     done = np.zeros(episodes, dtype=bool)
     prev_reward = np.zeros(episodes, dtype=np.float32)
+    totals = {name: np.zeros(episodes) for name in info_totals}
     key = jax.random.PRNGKey(seed)
     bounds = envs.ActionBounds.of(env_list[0])
     trace = [obs.copy()] if _RECORDINGS else None
@@ -96,7 +99,9 @@ def evaluate(
         for i, env in enumerate(env_list):
             if done[i]:
                 continue
-            next_obs, reward, terminated, truncated, _ = env.step(bounds.to_env(actions[i]))
+            next_obs, reward, terminated, truncated, info = env.step(bounds.to_env(actions[i]))
+            for name in info_totals:
+                totals[name][i] += float(info[name])
             returns[i] += reward
             lengths[i] += 1
             prev_reward[i] = reward
@@ -124,6 +129,8 @@ def evaluate(
         "return_std": float(returns.std()),
         "seconds": time.perf_counter() - started,
     }
+    if info_totals:
+        result["info_totals"] = {name: float(total.mean()) for name, total in totals.items()}
     if reference is not None:
         normalized = reference.normalize(returns)
         result.update(

@@ -58,6 +58,21 @@ def test_the_controller_sees_its_target_in_its_own_heading_and_no_farther_than_t
     np.testing.assert_array_equal(left[:27], facing_y.astype(np.float32))
 
 
+def test_the_controllers_evaluation_counts_the_goals_it_reaches(monkeypatch):
+    import jax.numpy as jnp
+
+    from ipdrl.evaluation import evaluate, stateless_policy
+
+    # every goal where the ant stands: each step reaches one, and its replacement is the next step's
+    monkeypatch.setattr(antmaze.AntGoalEnv, "_new_goal", lambda self, xy: setattr(self, "goal", np.array(xy[:2])))
+    policy = stateless_policy(lambda params, obs, key: jnp.zeros((obs.shape[0], 8)))
+    result = evaluate(policy, {}, antmaze.ANT_GOAL_ENV, episodes=2, seed=0, max_steps=20, info_totals=("reached",))
+    assert result["lengths"] == [20, 20] and result["info_totals"] == {"reached": 20.0}
+    monkeypatch.undo()
+    far = evaluate(policy, {}, antmaze.ANT_GOAL_ENV, episodes=2, seed=0, max_steps=20, info_totals=("reached",))
+    assert far["info_totals"] == {"reached": 0.0}  # goals 1-6 units away: standing still reaches none
+
+
 def test_antmaze_level_and_env_must_go_together(tmp_path):
     with pytest.raises(ValueError, match="AntMaze environments take the levels"):
         generate(GenerateConfig(env=UMAZE, level="medium", output=str(tmp_path / "x.hdf5")))

@@ -52,11 +52,14 @@ def train_controller(config: GenerateConfig, output: Path):
     work_dir = Path(config.controller_dir or output.parent / f"antmaze-controller-s{config.seed}.work")
     # Only SAC's own settings, with a fixed evaluation and checkpoint cadence, so that every maze and level (with
     # whatever other flags) finds and shares the same controller.
-    shared = ("seed", "start_steps", "updates_every", "hidden_dims", "batch_size", "progress")
+    shared = ("seed", "start_steps", "updates_every", "hidden_dims", "batch_size", "progress", "controller_ctrl_cost",
+              "controller_healthy_reward")
+    antmaze.register_controller_task(ctrl_cost_weight=config.controller_ctrl_cost,
+                                     healthy_reward=config.controller_healthy_reward)
     controller = GenerateConfig(env=antmaze.ANT_GOAL_ENV, level="expert", expert_steps=config.controller_steps,
                                 work_dir=str(work_dir), resume=True, **CONTROLLER_CADENCE,
                                 **{k: getattr(config, k) for k in shared})
-    trainer = SACTrainer(controller, work_dir)
+    trainer = SACTrainer(controller, work_dir, score_info="reached")
     outcome = trainer.train(stop_at_threshold=False, total_steps=config.controller_steps, threshold=None)
     return trainer, outcome
 
@@ -170,7 +173,8 @@ def generate_antmaze(config: GenerateConfig) -> Path:
 
 
 # ---- collection checkpoints: the groups collected so far, with the settings that made them ----------------------
-_SETTINGS = ("env", "level", "seed", "controller_steps", "action_noise", "parallel_episodes", "hidden_dims")
+_SETTINGS = ("env", "level", "seed", "controller_steps", "controller_ctrl_cost", "controller_healthy_reward",
+             "action_noise", "parallel_episodes", "hidden_dims")
 
 
 def _settings(config: GenerateConfig) -> dict:

@@ -47,6 +47,10 @@ class GenerateConfig:
     # AntMaze (--env AntMaze_*, --level umaze | diverse | play; ipdrl/data/generator/antmaze.py)
     controller_steps: int = 1_000_000
     """AntMaze: SAC environment steps for the goal-reaching controller (trained once, shared by every maze and level)."""
+    controller_ctrl_cost: float = 0.5
+    """AntMaze: the controller task's control-cost weight (Ant-v5's)."""
+    controller_healthy_reward: float = 1.0
+    """AntMaze: the controller task's reward per step alive (Ant-v5's)."""
     controller_dir: str | None = None
     """AntMaze: where the controller's resumable training lives (default antmaze-controller-s<seed>.work beside the output)."""
     action_noise: float = 0.2

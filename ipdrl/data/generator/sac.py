@@ -127,10 +127,14 @@ class TrainingOutcome:
 
 
 class SACTrainer:
-    """SAC on ``env_id``, stopping at the medium threshold (and optionally continuing to ``expert_steps``)."""
+    """SAC on ``env_id``, stopping at the medium threshold (and optionally continuing to ``expert_steps``).
 
-    def __init__(self, config: GenerateConfig, work_dir: Path):
-        self.config, self.work_dir = config, work_dir
+    Evaluations score the deterministic policy's mean return, or with ``score_info`` the mean per-episode total of
+    that info key (AntGoal's controller: goals reached, which its return hides under the healthy reward); each is
+    also a line of ``evaluations.log`` in the work directory."""
+
+    def __init__(self, config: GenerateConfig, work_dir: Path, score_info: str | None = None):
+        self.config, self.work_dir, self.score_info = config, work_dir, score_info
         probe = envs.make_env(config.env)
         self.obs_dim, self.act_dim = probe.observation_space.shape[0], probe.action_space.shape[0]
         probe.close()
@@ -152,11 +156,18 @@ class SACTrainer:
         key = jax.random.fold_in(jax.random.fold_in(self.base_key, 1), step)
         return np.asarray(self._sample(params, jnp.asarray(obs[None], jnp.float32), key)[0])
 
-    def evaluate(self, params: dict) -> float:
-        """Deterministic return, averaged over ``eval_episodes`` (eval env seeds apart from training resets)."""
+    def evaluate(self, params: dict, step: int) -> float:
+        """The deterministic policy's score over ``eval_episodes`` (eval env seeds apart from training resets)."""
         policy = stateless_policy(lambda actor, obs, key: deterministic_action(self.sac, self.act_dim, actor, obs))
         seed = 10**9 + self.config.seed * 1000
-        return evaluate(policy, params, self.config.env, self.config.eval_episodes, seed)["return_mean"]
+        info_totals = (self.score_info,) if self.score_info else ()
+        result = evaluate(policy, params, self.config.env, self.config.eval_episodes, seed, info_totals=info_totals)
+        line = f"step {step} return {result['return_mean']:.1f}"
+        if self.score_info:
+            line += f" {self.score_info} {result['info_totals'][self.score_info]:.2f}"
+        with open(self.work_dir / "evaluations.log", "a") as log:  # appended: a resumed run repeats the evaluations after its checkpoint
+            log.write(line + "\n")
+        return result["info_totals"][self.score_info] if self.score_info else result["return_mean"]
 
     # -- checkpoints at update-chunk boundaries, with the simulator state to continue mid-episode --
     # One file holds the replay buffer, the SAC state, the medium policy and the progress, so that a kill can never
@@ -215,9 +226,9 @@ class SACTrainer:
                 recorder.step(action)
                 step += 1
                 if step % config.eval_every == 0 and step >= config.start_steps:
-                    score = self.evaluate(state["actor"])
+                    score = self.evaluate(state["actor"], step)
                     evaluations.append((step, score))
-                    bar.set_postfix(eval_return=f"{score:.0f}")
+                    bar.set_postfix({f"eval_{self.score_info or 'return'}": f"{score:.4g}"})
                     if threshold is not None and reached is None and score >= threshold:
                         reached, medium = step, jax.tree_util.tree_map(jnp.array, state["actor"])
                         break
