@@ -165,7 +165,8 @@ class SACTrainer:
         line = f"step {step} return {result['return_mean']:.1f}"
         if self.score_info:
             line += f" {self.score_info} {result['info_totals'][self.score_info]:.2f}"
-        with open(self.work_dir / "evaluations.log", "a") as log:  # appended: a resumed run repeats the evaluations after its checkpoint
+        # appended: a resumed run repeats the evaluations made after its last checkpoint
+        with open(self.work_dir / "evaluations.log", "a") as log:
             log.write(line + "\n")
         return result["info_totals"][self.score_info] if self.score_info else result["return_mean"]
 
