@@ -160,15 +160,13 @@ class SACTrainer:
         """The deterministic policy's score over ``eval_episodes`` (eval env seeds apart from training resets)."""
         policy = stateless_policy(lambda actor, obs, key: deterministic_action(self.sac, self.act_dim, actor, obs))
         seed = 10**9 + self.config.seed * 1000
-        info_totals = (self.score_info,) if self.score_info else ()
-        result = evaluate(policy, params, self.config.env, self.config.eval_episodes, seed, info_totals=info_totals)
-        line = f"step {step} return {result['return_mean']:.1f}"
-        if self.score_info:
-            line += f" {self.score_info} {result['info_totals'][self.score_info]:.2f}"
+        result = evaluate(policy, params, self.config.env, self.config.eval_episodes, seed,
+                          info_totals=(self.score_info,) if self.score_info else ())
+        scores = {"return": result["return_mean"], **result.get("info_totals", {})}
         # appended: a resumed run repeats the evaluations made after its last checkpoint
         with open(self.work_dir / "evaluations.log", "a") as log:
-            log.write(line + "\n")
-        return result["info_totals"][self.score_info] if self.score_info else result["return_mean"]
+            log.write(f"step {step} " + " ".join(f"{name} {value:.2f}" for name, value in scores.items()) + "\n")
+        return scores[self.score_info or "return"]
 
     # -- checkpoints at update-chunk boundaries, with the simulator state to continue mid-episode --
     # One file holds the replay buffer, the SAC state, the medium policy and the progress, so that a kill can never
