@@ -38,6 +38,41 @@ def default_init(scale: float = 2.0**0.5) -> nn.initializers.Initializer:
     return init
 
 
+@jax.custom_vjp
+def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
+    """``x @ kernel`` for a 2-D ``x``, whose kernel gradient is computed in the orientation XLA:CPU runs fast.
+
+    XLA:CPU computes ``x.T @ dy`` about half as fast when its result has more rows than columns (a layer that
+    narrows, such as a transformer MLP's 4w -> w projection) as when it has fewer. For such layers the gradient is
+    computed as ``(dy.T @ x).T``; the optimisation barrier keeps XLA from folding the transpose back into the dot.
+    The values are the same products summed in the same order.
+    """
+    return x @ kernel
+
+
+def _matmul_forward(x: jax.Array, kernel: jax.Array):
+    return x @ kernel, (x, kernel)
+
+
+def _matmul_backward(saved, dy: jax.Array):
+    x, kernel = saved
+    if kernel.shape[0] > kernel.shape[1]:
+        kernel_grad = jax.lax.optimization_barrier(dy.T @ x).T
+    else:
+        kernel_grad = x.T @ dy
+    return dy @ kernel.T, kernel_grad
+
+
+matmul.defvjp(_matmul_forward, _matmul_backward)
+
+
+def matmul_dot_general(x: jax.Array, kernel: jax.Array, dimension_numbers, precision=None, **_) -> jax.Array:
+    """:func:`matmul` as a ``dot_general`` for ``nn.Dense(dot_general=...)`` on 2-D inputs."""
+    if x.ndim != 2 or dimension_numbers != (((1,), (0,)), ((), ())):
+        return jax.lax.dot_general(x, kernel, dimension_numbers, precision=precision)
+    return matmul(x, kernel)
+
+
 class MLP(nn.Module):
     """Dense stack. ``layer_norm`` after each hidden Dense (ReBRAC critics); dropout for IQL on Kitchen/Adroit."""
 

@@ -8,20 +8,49 @@ Segments are right-padded (real steps first, see :func:`ipdrl.data.dataset.sampl
 alone keeps padding out of every real step's output; no key mask is needed. Acting uses the same layout: the
 current step sits at position ``min(t, K - 1)`` with the history before it.
 
-Two choices keep the same function fast on XLA:CPU (``benchmarks/speed.py``): every dense layer is one 2-D matmul
+Four choices keep the same function fast on XLA:CPU (``benchmarks/speed.py``): every dense layer is one 2-D matmul
 over all tokens of the batch (XLA computes a 3-D ``Dense``'s kernel gradient with an extra transpose and a slow
-matmul orientation), and the last block computes queries, MLP and output only at the state
-tokens, the only outputs read (its keys and values still come from every token).
+matmul orientation), whose kernel gradient is taken in the fast orientation (:func:`ipdrl.networks.matmul`); the
+last block computes queries, MLP and output only at the state tokens, the only outputs read (its keys and values
+still come from every token); and dropout masks are drawn 16 bits at a time (:class:`Dropout`), since generating
+random bits is most of dropout's cost.
 """
 
 from __future__ import annotations
 
+import functools
+
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
+
+from ipdrl.networks import matmul_dot_general
 
 ALL_TOKENS = slice(None)
 STATE_TOKENS = slice(1, None, 3)
+
+
+Dense = functools.partial(nn.Dense, dot_general=matmul_dot_general)
+
+
+class Dropout(nn.Module):
+    """Inverted dropout whose mask takes 16 random bits per element instead of 32: each 32-bit draw of the
+    counter-based generator serves two elements, which halves the cost of the masks. An element is kept when its
+    16 bits are at least ``round(rate * 2**16)``, so the rate is exact to 2**-16."""
+
+    rate: float
+    deterministic: bool
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        if self.deterministic or self.rate == 0.0:
+            return x
+        size = int(np.prod(x.shape))
+        bits = jax.random.bits(self.make_rng("dropout"), ((size + 1) // 2,), jnp.uint32)
+        halves = jnp.concatenate([bits & 0xFFFF, bits >> 16])[:size].reshape(x.shape)
+        keep = halves >= round(self.rate * 2**16)
+        return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
 
 
 def per_token(layer: nn.Dense, x: jax.Array) -> jax.Array:
@@ -44,15 +73,15 @@ class CausalSelfAttention(nn.Module):
         def split_heads(y: jax.Array) -> jax.Array:  # (B, T, W) -> (B, H, T, W / H)
             return y.reshape(batch, -1, self.num_heads, head_dim).transpose(0, 2, 1, 3)
 
-        query = split_heads(per_token(nn.Dense(width, name="query"), x[:, queries])) / jnp.sqrt(head_dim)
-        key = split_heads(per_token(nn.Dense(width, name="key"), x))
-        value = split_heads(per_token(nn.Dense(width, name="value"), x))
+        query = split_heads(per_token(Dense(width, name="query"), x[:, queries])) / jnp.sqrt(head_dim)
+        key = split_heads(per_token(Dense(width, name="key"), x))
+        value = split_heads(per_token(Dense(width, name="value"), x))
         positions = jnp.arange(length)
         causal = positions[queries, None] >= positions[None, :]
         logits = jnp.where(causal, jnp.einsum("bhqd,bhkd->bhqk", query, key), jnp.finfo(x.dtype).min)
-        weights = nn.Dropout(self.dropout, deterministic=not train)(jax.nn.softmax(logits, axis=-1))
+        weights = Dropout(self.dropout, not train)(jax.nn.softmax(logits, axis=-1))
         attended = jnp.einsum("bhqk,bhkd->bhqd", weights, value).transpose(0, 2, 1, 3).reshape(batch, -1, width)
-        return per_token(nn.Dense(width, name="out"), attended)
+        return per_token(Dense(width, name="out"), attended)
 
 
 class Block(nn.Module):
@@ -66,9 +95,9 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: jax.Array, train: bool, queries: slice = ALL_TOKENS) -> jax.Array:
         attended = CausalSelfAttention(self.num_heads, self.dropout)(nn.LayerNorm()(x), queries, train)
-        x = x[:, queries] + nn.Dropout(self.dropout, deterministic=not train)(attended)
-        h = nn.gelu(per_token(nn.Dense(4 * self.embed_dim), nn.LayerNorm()(x)))
-        return x + nn.Dropout(self.dropout, deterministic=not train)(per_token(nn.Dense(self.embed_dim), h))
+        x = x[:, queries] + Dropout(self.dropout, not train)(attended)
+        h = nn.gelu(per_token(Dense(4 * self.embed_dim), nn.LayerNorm()(x)))
+        return x + Dropout(self.dropout, not train)(per_token(Dense(self.embed_dim), h))
 
 
 class DecisionTransformer(nn.Module):
@@ -88,12 +117,12 @@ class DecisionTransformer(nn.Module):
         batch, length = returns.shape
         time = nn.Embed(self.max_timestep, self.embed_dim)(jnp.clip(timesteps, 0, self.max_timestep - 1))
         tokens = jnp.stack([
-            per_token(nn.Dense(self.embed_dim), returns[..., None]) + time,
-            per_token(nn.Dense(self.embed_dim), observations) + time,
-            per_token(nn.Dense(self.embed_dim), actions) + time,
+            per_token(Dense(self.embed_dim), returns[..., None]) + time,
+            per_token(Dense(self.embed_dim), observations) + time,
+            per_token(Dense(self.embed_dim), actions) + time,
         ], axis=2).reshape(batch, 3 * length, self.embed_dim)
-        x = nn.Dropout(self.dropout, deterministic=not train)(nn.LayerNorm()(tokens))
+        x = Dropout(self.dropout, not train)(nn.LayerNorm()(tokens))
         for layer in range(self.num_layers):
             last = layer == self.num_layers - 1
             x = Block(self.embed_dim, self.num_heads, self.dropout)(x, train, STATE_TOKENS if last else ALL_TOKENS)
-        return jnp.tanh(per_token(nn.Dense(self.act_dim), nn.LayerNorm()(x)))
+        return jnp.tanh(per_token(Dense(self.act_dim), nn.LayerNorm()(x)))

@@ -7,6 +7,7 @@ import subprocess
 import sys
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -150,6 +151,21 @@ learner = rebrac.make_learner(rebrac.Config(), synthetic_dataset(obs_dim=17, act
 jax.block_until_ready(jax.jit(learner.init)(jax.random.PRNGKey(0)))
 print("initialised")
 """
+
+
+@pytest.mark.parametrize("shape", [(6, 3), (3, 6)])
+def test_matmul_gives_the_gradients_of_a_plain_product_in_either_orientation(shape):
+    x = jax.random.normal(jax.random.PRNGKey(0), (5, shape[0]))
+    kernel = jax.random.normal(jax.random.PRNGKey(1), shape)
+    loss = lambda product: lambda x, k: jnp.sin(product(x, k)).sum()
+    ours = jax.grad(loss(networks.matmul), argnums=(0, 1))(x, kernel)
+    plain = jax.grad(loss(jnp.matmul), argnums=(0, 1))(x, kernel)
+    np.testing.assert_allclose(networks.matmul(x, kernel), x @ kernel, rtol=1e-6)
+    for a, b in zip(ours, plain):
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-6)
+    # Under vmap (ensembles) too.
+    batched = jax.vmap(jax.grad(loss(networks.matmul), argnums=1))(jnp.stack([x, 2 * x]), jnp.stack([kernel, kernel]))
+    np.testing.assert_allclose(batched[1], jax.grad(loss(jnp.matmul), argnums=1)(2 * x, kernel), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="the deadlock needs an XLA thread pool of 2 threads")

@@ -13,7 +13,7 @@ from ipdrl.algos import dt
 from ipdrl.data.dataset import Dataset, to_device
 from ipdrl.evaluation import evaluate
 from ipdrl.training import fit
-from ipdrl.transformer import STATE_TOKENS, Block, DecisionTransformer
+from ipdrl.transformer import STATE_TOKENS, Block, DecisionTransformer, Dropout
 
 TINY = dict(context_length=4, embed_dim=16, num_layers=1, batch_size=16, warmup_steps=1, dropout=0.0)
 
@@ -23,6 +23,23 @@ def random_inputs(key, batch=2, length=4, obs_dim=3, act_dim=2):
     return (jax.random.normal(k1, (batch, length)), jax.random.normal(k2, (batch, length, obs_dim)),
             jax.random.uniform(k3, (batch, length, act_dim), minval=-1, maxval=1),
             jnp.tile(jnp.arange(length), (batch, 1)))
+
+
+def test_dropout_drops_at_its_rate_and_keeps_the_mean():
+    x = jnp.ones((4, 250_001))  # an odd size: the last 32-bit draw serves one element
+    dropped = Dropout(0.1, deterministic=False).apply({}, x, rngs={"dropout": jax.random.PRNGKey(0)})
+    again = Dropout(0.1, deterministic=False).apply({}, x, rngs={"dropout": jax.random.PRNGKey(0)})
+    other = Dropout(0.1, deterministic=False).apply({}, x, rngs={"dropout": jax.random.PRNGKey(1)})
+    share = float((dropped == 0).mean())
+    assert abs(share - 0.1) < 0.002  # 1M elements: the binomial's std is 0.0003
+    np.testing.assert_allclose(dropped[dropped != 0], 1 / 0.9, rtol=1e-6)
+    assert abs(float(dropped.mean()) - 1.0) < 0.005
+    np.testing.assert_array_equal(dropped, again)
+    assert float((dropped != other).mean()) > 0.1
+    # Both halves of every 32-bit draw are used: the two halves of the flattened mask drop independently.
+    flat = (dropped == 0).reshape(-1)
+    assert abs(float(flat[: flat.size // 2].mean()) - float(flat[flat.size // 2:].mean())) < 0.003
+    assert Dropout(0.1, deterministic=True).apply({}, x) is x
 
 
 def test_transformer_is_causal():

@@ -15,6 +15,13 @@ from ipdrl.world_models.ensemble import EnsembleConfig
 from ipdrl.world_models.uncertainty import disagreement, geometric_js, mean_pairwise_gjs
 
 
+def test_softplus_is_jax_softplus_with_its_gradient():
+    x = jnp.linspace(-80.0, 80.0, 2001)
+    np.testing.assert_allclose(ensemble.softplus(x), jax.nn.softplus(x), rtol=1e-6, atol=1e-7)
+    np.testing.assert_allclose(jax.vmap(jax.grad(ensemble.softplus))(x), jax.vmap(jax.grad(jax.nn.softplus))(x),
+                               rtol=1e-6, atol=1e-7)
+
+
 # ---- geometric Jensen-Shannon divergence ----------------------------------------------------------------
 def log_normal(x: np.ndarray, mean: np.ndarray, var: np.ndarray) -> np.ndarray:
     return (-0.5 * (x - mean) ** 2 / var - 0.5 * np.log(2 * np.pi * var)).sum(-1)
