@@ -45,7 +45,6 @@ def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     XLA:CPU computes ``x.T @ dy`` about half as fast when its result has more rows than columns (a layer that
     narrows, such as a transformer MLP's 4w -> w projection) as when it has fewer. For such layers the gradient is
     computed as ``(dy.T @ x).T``; the optimisation barrier keeps XLA from folding the transpose back into the dot.
-    The values are the same products summed in the same order.
     """
     return x @ kernel
 
