@@ -1,9 +1,16 @@
-"""Update throughput of ipdrl's learners, their FLOP utilisation, and the same algorithms in d3rlpy on the same data.
+"""Throughput of ipdrl's hot loops against the machine's matmul peak, and the learners against d3rlpy on the same data.
 
-    python benchmarks/speed.py [--algos iql td3bc rebrac bc dt] [--seconds 10] [--skip-d3rlpy]
-                               [--dataset PATH] [--threads 0|1]
+    python benchmarks/speed.py [--rows iql td3bc rebrac bc dt dt-cpu world-model planner dwm-mpc] [--seconds 10]
+                               [--skip-d3rlpy] [--dataset PATH] [--threads 0|1] [--json PATH]
 
-For every algorithm (published network sizes and batch sizes: each Config's defaults):
+Rows: the learners at their published network and batch sizes (each Config's defaults; ``dt`` is CORL's size),
+``dt-cpu`` the Decision Transformer at the ``cpu`` budget's size (IPD's stage 4 and the DT baseline there),
+``world-model`` the ensemble's training step (IPD stage 2, the ``cpu`` budget's ensemble), ``planner`` IPD's MPPI
+augmentation (stage 3: imagined steps, ``benchmarks/imagination.py``'s measurement at the ``cpu`` budget's
+setting) and ``dwm-mpc`` DWM-MPC's adapt-then-act call (MeanFlow, H 5, M 64 and the paper's v2 M 4096, E 1:
+``benchmarks/dwm_latency.py``'s measurement). ``--json PATH`` writes every row with the CPU's name and peaks.
+
+For every learner row:
 
 - ``upd/s``: updates per second of the jitted, scan-fused chunk that training runs (``ipdrl.training``), batch
   sampling on device included; compilation excluded; the median over chunks of about ``--seconds / 5`` each.
@@ -49,7 +56,9 @@ ALL_CORES = os.sched_getaffinity(0)
 VENV = REPO / ".bench-venv" / "d3rlpy"
 WORKER = Path(__file__).resolve().parent / "d3rlpy_worker.py"
 DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "hopper-medium-replay.hdf5"
-ALGOS = ("iql", "td3bc", "rebrac", "bc", "dt")
+ALGOS = ("iql", "td3bc", "rebrac", "bc", "dt", "dt-cpu")
+OTHER_ROWS = ("world-model", "planner", "dwm-mpc")
+DWM_SETTINGS = ("meanflow:5:64:1", "meanflow:5:4096:1")
 D3RLPY_PINS = ("torch==2.13.0", "d3rlpy==2.8.1")
 # Config fields passed on to the d3rlpy worker so that it builds networks of the same sizes.
 WORKER_SETTINGS = ("hidden_dims", "context_length", "embed_dim", "num_layers", "num_heads")
@@ -116,13 +125,18 @@ def matmul_peak(threads: int) -> float:
 
 # ---- ours ------------------------------------------------------------------------------------------------------
 def algorithm_config(algo: str, dataset_path: str):
-    """The algorithm's module (for its ``make_learner``) and its default Config on ``dataset_path``."""
+    """The algorithm's module (for its ``make_learner``) and its default Config on ``dataset_path`` (``dt-cpu``:
+    the Decision Transformer with the ``cpu`` budget's network)."""
     import importlib
 
     from ipdrl.algos import BUILTIN, get_algorithm
+    from ipdrl.presets import make_config
 
-    algorithm = get_algorithm(algo)  # imports and registers the module
-    return importlib.import_module(BUILTIN[algo]), algorithm.Config(dataset=dataset_path, progress=False)
+    name = algo.removesuffix("-cpu")
+    algorithm = get_algorithm(name)  # imports and registers the module
+    if algo.endswith("-cpu"):
+        return importlib.import_module(BUILTIN[name]), make_config(algorithm, dataset_path, "cpu", progress=False)
+    return importlib.import_module(BUILTIN[name]), algorithm.Config(dataset=dataset_path, progress=False)
 
 
 @contextlib.contextmanager
@@ -208,6 +222,54 @@ def measure_ours(algo: str, dataset, dataset_path: str, seconds: float) -> dict[
             "config": {k: getattr(config, k) for k in WORKER_SETTINGS if hasattr(config, k)}}
 
 
+def measure_world_model(dataset, seconds: float) -> dict[str, Any]:
+    """The ensemble world model's training step (all members, one vmapped update) at the ``cpu`` budget's sizes."""
+    import jax
+
+    from ipdrl.data.dataset import to_device
+    from ipdrl.world_models import ensemble
+    from ipdrl.world_models.ensemble_training import ensemble_learner
+
+    config = ensemble.EnsembleConfig(**ensemble.BUDGETS["cpu"])
+    learner = ensemble_learner(config, dataset, ensemble.normalisation_stats(dataset))
+    updates_per_s, length, compile_seconds = time_chunks(learner, seconds)
+    flops = flops_per_update(learner, learner.init(jax.random.PRNGKey(0)), to_device(learner.fields),
+                             jax.random.PRNGKey(1), 1)
+    return {"row": "world-model", "unit": "upd/s", "rate": updates_per_s, "flops_per_unit": flops,
+            "gflops": updates_per_s * flops / 1e9, "compile_s": compile_seconds,
+            "setting": f"{config.members} members x {config.hidden_dims}, batch {config.batch_size} each"}
+
+
+def measure_planner(dataset, calls: int) -> dict[str, Any]:
+    """IPD's MPPI augmentation at the ``cpu`` budget's setting: imagined steps per second."""
+    import imagination  # benchmarks/ is the script's directory
+
+    from ipdrl import augmentation
+    from ipdrl.augmentation import AugmentConfig
+
+    base = AugmentConfig(**augmentation.BUDGETS["cpu"])
+    setting = f"mpc:{base.num_samples}:{base.horizon}:{base.iterations}"
+    values, model = imagination.random_models(dataset, "cpu", None)
+    r = imagination.measure(imagination.parse_setting(setting, base), values, model, dataset, calls)
+    steps = base.branch_batch * base.rollout_length
+    return {"row": "planner", "unit": "steps/s", "rate": r["steps_per_s"], "flops_per_unit": r["gflop"] * 1e9 / steps,
+            "gflops": r["gflops"], "compile_s": r["compile_s"],
+            "setting": f"{setting} (N:H:iterations), {base.branch_batch} start states x {base.rollout_length} steps"}
+
+
+def measure_dwm(calls: int) -> list[dict[str, Any]]:
+    """DWM-MPC's adapt-then-act call for one environment: milliseconds per action."""
+    import dwm_latency  # benchmarks/ is the script's directory
+
+    dataset = dwm_latency.random_dataset()
+    rows = []
+    for setting in DWM_SETTINGS:
+        r = dwm_latency.measure(setting, 1, calls if ":64:" in setting else max(3, calls // 10), dataset)
+        rows.append({"row": f"dwm-mpc {setting}", "unit": "ms/action", "rate": r["ms"], "flops_per_unit": r["mflop"] * 1e6,
+                     "gflops": r["gflops"], "compile_s": r["compile_s"], "setting": f"{setting} (model:H:M:E)"})
+    return rows
+
+
 # ---- d3rlpy ----------------------------------------------------------------------------------------------------
 def ensure_d3rlpy_venv() -> Path:
     """The d3rlpy virtualenv's python, creating the venv (torch first, then d3rlpy, with pip) if needed.
@@ -253,12 +315,14 @@ def measure_d3rlpy(python: Path, algo: str, dataset_path: str, seconds: float, o
 # ---- main ------------------------------------------------------------------------------------------------------
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--algos", nargs="+", default=list(ALGOS), choices=ALGOS)
+    parser.add_argument("--rows", "--algos", nargs="+", default=list(ALGOS + OTHER_ROWS), choices=ALGOS + OTHER_ROWS)
     parser.add_argument("--seconds", type=float, default=10.0, help="timed seconds per measurement")
+    parser.add_argument("--calls", type=int, default=30, help="timed calls of the planner (/10) and of DWM-MPC")
     parser.add_argument("--skip-d3rlpy", action="store_true", help="only ipdrl (no d3rlpy virtualenv)")
     parser.add_argument("--dataset", default=str(DEFAULT_DATASET), help="D4RL-format .hdf5 file")
     parser.add_argument("--threads", type=int, default=0, choices=(0, 1),
                         help="0: all cores (as training runs); 1: ours and d3rlpy pinned to one core each")
+    parser.add_argument("--json", default=None, help="also write every row, the CPU and its peaks to this file")
     parser.add_argument("--peak-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
@@ -267,9 +331,7 @@ def main(argv: list[str] | None = None) -> None:
             use_one_core()
         return peak_worker()
 
-    algos = [a for a in args.algos if a != "dt" or importlib.util.find_spec("ipdrl.algos.dt") is not None]
-    for missing in sorted(set(args.algos) - set(algos)):
-        print(f"skipping {missing}: ipdrl.algos.{missing} is not installed")
+    algos = [a for a in args.rows if a in ALGOS]
     if not Path(args.dataset).exists():
         sys.exit(f"dataset {args.dataset} not found: pass --dataset PATH to a D4RL-format .hdf5 file.")
 
@@ -280,7 +342,6 @@ def main(argv: list[str] | None = None) -> None:
 
     from ipdrl.data.loading import load_dataset
 
-    peak = peak_1 if args.threads == 1 else peak_all
     cores = 1 if args.threads == 1 else usable_cores()
     print(f"{cpu_name()}; float32 matmul peak: {peak_1:.1f} GFLOP/s on 1 core, {peak_all:.1f} GFLOP/s on "
           f"{usable_cores()} (jax {jax.__version__}, {jax.devices()[0].device_kind}); timing on {cores} core(s)", flush=True)
@@ -291,20 +352,30 @@ def main(argv: list[str] | None = None) -> None:
         r = ours[algo]
         print(f"  ours {algo}: {r['updates_per_s']:.1f} upd/s (chunk {r['chunk']}, compile {r['compile_s']:.1f}s), "
               f"{r['flops_per_update'] / 1e6:.0f} MFLOP/upd, {r['gflops']:.1f} GFLOP/s", flush=True)
+    others: list[dict[str, Any]] = []
+    if "world-model" in args.rows:
+        others.append(measure_world_model(dataset, args.seconds))
+    if "planner" in args.rows:
+        others.append(measure_planner(dataset, max(2, args.calls // 10)))
+    if "dwm-mpc" in args.rows:
+        others += measure_dwm(args.calls)
+    for r in others:
+        print(f"  ours {r['row']}: {r['rate']:.2f} {r['unit']}, {r['gflops']:.1f} GFLOP/s", flush=True)
 
     # Again after the timings, keeping the better value: a peak measured while the machine was busy is too low.
     peak_1, peak_all = max(peak_1, matmul_peak(1)), max(peak_all, matmul_peak(0))
     peak = peak_1 if args.threads == 1 else peak_all
 
     theirs: dict[str, dict] = {}
-    if not args.skip_d3rlpy:
+    if not args.skip_d3rlpy and algos:
         python = ensure_d3rlpy_venv()
         for algo in algos:
-            theirs[algo] = measure_d3rlpy(python, algo, args.dataset, args.seconds, ours[algo], cores)
+            theirs[algo] = measure_d3rlpy(python, algo.removesuffix("-cpu"), args.dataset, args.seconds, ours[algo],
+                                          cores)
             print(f"  d3rlpy {algo}: {json.dumps(theirs[algo])}", flush=True)
 
     print()
-    print(f"dataset {Path(args.dataset).name}, {args.seconds:g}s per measurement, {cores} core(s); "
+    print(f"{cpu_name()}: dataset {Path(args.dataset).name}, {args.seconds:g}s per measurement, {cores} core(s); "
           f"%peak against {peak:.1f} GFLOP/s")
     header = f"{'algo':8} {'batch':>5} {'upd/s':>9} {'MFLOP/upd':>10} {'GFLOP/s':>8} {'%peak':>6}"
     if theirs:
@@ -321,6 +392,23 @@ def main(argv: list[str] | None = None) -> None:
             else:
                 line += f"  d3rlpy failed: {t['error']}"
         print(line)
+    if others:
+        print()
+        print(f"{'row':28} {'rate':>10} {'unit':9} {'MFLOP/unit':>10} {'GFLOP/s':>8} {'%peak':>6}  setting")
+        for r in others:
+            print(f"{r['row']:28} {r['rate']:>10.2f} {r['unit']:9} {r['flops_per_unit'] / 1e6:>10.1f} {r['gflops']:>8.1f} "
+                  f"{100 * r['gflops'] / peak:>5.0f}%  {r['setting']}")
+    if args.json:
+        learners = [{"row": algo, "unit": "upd/s", "rate": r["updates_per_s"], "flops_per_unit": r["flops_per_update"],
+                     "gflops": r["gflops"], "compile_s": r["compile_s"], "batch_size": r["batch_size"],
+                     "setting": r["config"], "d3rlpy": theirs.get(algo)} for algo, r in ours.items()]
+        rows = [dict(r, percent_of_peak=100 * r["gflops"] / peak) for r in learners + others]
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({
+            "cpu": cpu_name(), "jax": jax.__version__, "threads": cores, "dataset": Path(args.dataset).name,
+            "peak_gflops_one_core": peak_1, "peak_gflops_all_cores": peak_all, "peak_used": peak,
+            "seconds_per_measurement": args.seconds, "rows": rows}, indent=1) + "\n")
+        print(f"wrote {args.json}")
 
 
 if __name__ == "__main__":

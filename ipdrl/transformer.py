@@ -12,8 +12,9 @@ Four choices keep the same function fast on XLA:CPU (``benchmarks/speed.py``): e
 over all tokens of the batch (XLA computes a 3-D ``Dense``'s kernel gradient with an extra transpose and a slow
 matmul orientation), whose kernel gradient is taken in the fast orientation (:func:`ipdrl.networks.matmul`); the
 last block computes queries, MLP and output only at the state tokens, the only outputs read (its keys and values
-still come from every token); and dropout masks are drawn 16 bits at a time (:class:`Dropout`), since generating
-random bits is most of dropout's cost.
+still come from every token); dropout masks are drawn 16 bits at a time (:class:`Dropout`), since generating
+random bits is most of dropout's cost; and the attention softmax's gradient sums over keys with a matmul
+(:func:`softmax`).
 """
 
 from __future__ import annotations
@@ -53,6 +54,27 @@ class Dropout(nn.Module):
         return jnp.where(keep, x / (1.0 - self.rate), 0.0).astype(x.dtype)
 
 
+@jax.custom_vjp
+def softmax(logits: jax.Array) -> jax.Array:
+    """``jax.nn.softmax`` over the last axis, with the same gradient ``p * (g - sum(g * p))`` computed with the sum
+    over the last axis as a product with a vector of ones: XLA:CPU's reduction of these short rows runs several
+    times slower than the matmul."""
+    return jax.nn.softmax(logits, axis=-1)
+
+
+def _softmax_forward(logits: jax.Array):
+    weights = jax.nn.softmax(logits, axis=-1)
+    return weights, weights
+
+
+def _softmax_backward(weights: jax.Array, grad: jax.Array):
+    total = (grad * weights) @ jnp.ones((weights.shape[-1], 1), weights.dtype)
+    return (weights * (grad - total),)
+
+
+softmax.defvjp(_softmax_forward, _softmax_backward)
+
+
 def per_token(layer: nn.Dense, x: jax.Array) -> jax.Array:
     """``layer`` applied to ``(..., features)`` as one 2-D matmul over every leading position."""
     return layer(x.reshape(-1, x.shape[-1])).reshape(*x.shape[:-1], layer.features)
@@ -79,7 +101,7 @@ class CausalSelfAttention(nn.Module):
         positions = jnp.arange(length)
         causal = positions[queries, None] >= positions[None, :]
         logits = jnp.where(causal, jnp.einsum("bhqd,bhkd->bhqk", query, key), jnp.finfo(x.dtype).min)
-        weights = Dropout(self.dropout, not train)(jax.nn.softmax(logits, axis=-1))
+        weights = Dropout(self.dropout, not train)(softmax(logits))
         attended = jnp.einsum("bhqk,bhkd->bhqd", weights, value).transpose(0, 2, 1, 3).reshape(batch, -1, width)
         return per_token(Dense(width, name="out"), attended)
 

@@ -13,7 +13,7 @@ from ipdrl.algos import dt
 from ipdrl.data.dataset import Dataset, to_device
 from ipdrl.evaluation import evaluate
 from ipdrl.training import fit
-from ipdrl.transformer import STATE_TOKENS, Block, DecisionTransformer, Dropout
+from ipdrl.transformer import STATE_TOKENS, Block, DecisionTransformer, Dropout, softmax
 
 TINY = dict(context_length=4, embed_dim=16, num_layers=1, batch_size=16, warmup_steps=1, dropout=0.0)
 
@@ -40,6 +40,15 @@ def test_dropout_drops_at_its_rate_and_keeps_the_mean():
     flat = (dropped == 0).reshape(-1)
     assert abs(float(flat[: flat.size // 2].mean()) - float(flat[flat.size // 2:].mean())) < 0.003
     assert Dropout(0.1, deterministic=True).apply({}, x) is x
+
+
+def test_softmax_and_its_gradient_are_jax_softmax():
+    logits = 3 * jax.random.normal(jax.random.PRNGKey(0), (2, 1, 5, 7))
+    weights = jax.random.normal(jax.random.PRNGKey(1), logits.shape)
+    loss = lambda function: lambda x: jnp.sin(function(x) * weights).sum()
+    np.testing.assert_allclose(softmax(logits), jax.nn.softmax(logits, axis=-1), rtol=1e-6)
+    np.testing.assert_allclose(jax.grad(loss(softmax))(logits), jax.grad(loss(lambda x: jax.nn.softmax(x, axis=-1)))(logits),
+                               rtol=1e-5, atol=1e-7)
 
 
 def test_transformer_is_causal():
