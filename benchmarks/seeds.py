@@ -21,18 +21,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speed import cpu_name  # noqa: E402
 
+from ipdrl.sweeps import ONE_CORE  # noqa: E402
 
-def ipdrl(*args: str, cwd: str) -> subprocess.Popen:
+
+def ipdrl(*args: str, cwd: str, one_core: bool) -> subprocess.Popen:
+    """``ipdrl train ARGS``; ``one_core``: with the XLA threading a sweep's workers run under (one op thread)."""
+    env = dict(os.environ)
+    if one_core:
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
     return subprocess.Popen([sys.executable, "-m", "ipdrl", "train", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL)
+                            stderr=subprocess.DEVNULL, env=env)
 
 
 def timed(processes: list[list[str]], at_once: int, cwd: str) -> float:
-    """Seconds to run every command, ``at_once`` at a time."""
+    """Seconds to run every command, ``at_once`` at a time (more than one: each with one op thread, as a sweep)."""
     started, pending, running = time.perf_counter(), list(processes), []
     while pending or running:
         while pending and len(running) < at_once:
-            running.append(ipdrl(*pending.pop(0), cwd=cwd))
+            running.append(ipdrl(*pending.pop(0), cwd=cwd, one_core=at_once > 1))
         for proc in list(running):
             if proc.poll() is not None:
                 if proc.returncode:
@@ -64,15 +70,16 @@ def main() -> None:
             wall = timed([[*common, "--seeds", *seeds, "--seed-batching", batching,
                            "--run-dir", f"{work}/{batching}-s{{seed}}"]], 1, work)
             rows.append((f"one process, --seeds ({batching})", args.seeds, wall))
-    print(f"{args.algo}, {args.steps} updates per seed, {args.dataset}; {cpu_name()}, {cores} cores\n")
+    print(f"{args.algo}, {args.steps} updates per seed, {args.dataset}; {cpu_name()}, {cores} cores (separate "
+          f"processes: one op thread each, as a sweep's workers; one process: every core)\n")
     print("| how | seeds | wall s | updates/s (all seeds) | time vs separate processes |\n|---|---|---|---|---|")
     for how, count, wall in rows:
         ratio = f"{wall / separate:.2f}x" if count == args.seeds else "—"
         print(f"| {how} | {count} | {wall:.1f} | {count * args.steps / wall:.0f} | {ratio} |")
     if args.out:
-        Path(args.out).write_text(json.dumps({"algo": args.algo, "steps": args.steps, "dataset": args.dataset,
-                                              "cores": cores, "rows": [dict(how=h, seeds=c, seconds=w)
-                                                                       for h, c, w in rows]}, indent=1) + "\n")
+        rows_json = [dict(how=h, seeds=c, seconds=w) for h, c, w in rows]
+        Path(args.out).write_text(json.dumps({"cpu": cpu_name(), "algo": args.algo, "steps": args.steps,
+                                              "dataset": args.dataset, "cores": cores, "rows": rows_json}, indent=1) + "\n")
 
 
 if __name__ == "__main__":
