@@ -42,7 +42,7 @@ def default_init(scale: float = 2.0**0.5) -> nn.initializers.Initializer:
 def matmul(x: jax.Array, kernel: jax.Array) -> jax.Array:
     """``x @ kernel`` for a 2-D ``x``, whose kernel gradient is computed in the orientation XLA:CPU runs fast.
 
-    XLA:CPU computes ``x.T @ dy`` about half as fast when its result has more rows than columns (a layer that
+    XLA:CPU computes ``x.T @ dy`` markedly slower when its result has more rows than columns (a layer that
     narrows, such as a transformer MLP's 4w -> w projection) as when it has fewer. For such layers the gradient is
     computed as ``(dy.T @ x).T``; the optimisation barrier keeps XLA from folding the transpose back into the dot.
     """

@@ -57,8 +57,8 @@ class Dropout(nn.Module):
 @jax.custom_vjp
 def softmax(logits: jax.Array) -> jax.Array:
     """``jax.nn.softmax`` over the last axis, with the same gradient ``p * (g - sum(g * p))`` computed with the sum
-    over the last axis as a product with a vector of ones: XLA:CPU's reduction of these short rows runs several
-    times slower than the matmul."""
+    over the last axis as a product with a vector of ones: XLA:CPU reduces these short rows much more slowly
+    than it multiplies them."""
     return jax.nn.softmax(logits, axis=-1)
 
 

@@ -100,8 +100,8 @@ INIT_MAX_LOGVAR, INIT_MIN_LOGVAR = 0.5, -10.0  # MBPO's initial bounds (normalis
 
 def softplus(x: jax.Array) -> jax.Array:
     """``log(1 + e^x)`` as ``max(x, 0) + log(1 + e^-|x|)``: the same function, but XLA:CPU runs it and its gradient
-    faster than ``jax.nn.softplus`` (``logaddexp``), which the world model's training step spends a tenth of its
-    non-matmul time on (``benchmarks/speed.py``)."""
+    faster than ``jax.nn.softplus`` (``logaddexp``), which stood out in the profile of the world model's training
+    step (the README's speed section)."""
     return jnp.maximum(x, 0.0) + jnp.log(1.0 + jnp.exp(-jnp.abs(x)))
 
 
