@@ -33,7 +33,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 import numpy as np  # noqa: E402
-from speed import cpu_name, matmul_peak, usable_cores  # noqa: E402  (benchmarks/ is the script's directory)
+from machine import cpu_name, matmul_peak, usable_cores  # noqa: E402  (benchmarks/ is the script's directory)
 
 from ipdrl.algos import dwm_models, dwm_mpc  # noqa: E402
 from ipdrl.data.dataset import Dataset  # noqa: E402

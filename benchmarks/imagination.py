@@ -37,7 +37,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
 from dwm_latency import unrolled_loops  # noqa: E402  (benchmarks/ is the script's directory)
-from speed import cpu_name, matmul_peak, usable_cores  # noqa: E402
+from machine import cpu_name, matmul_peak, usable_cores  # noqa: E402
 
 from ipdrl import augmentation  # noqa: E402
 from ipdrl.algos import iql  # noqa: E402

@@ -19,7 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from speed import cpu_name  # noqa: E402
+from machine import cpu_name  # noqa: E402
 
 from ipdrl.sweeps import ONE_CORE  # noqa: E402
 

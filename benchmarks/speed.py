@@ -39,10 +39,8 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import importlib.util
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -50,9 +48,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
+from machine import cpu_name, matmul_peak, usable_cores, use_one_core
+
 REPO = Path(__file__).resolve().parents[1]
-ORIGINAL_ENV = dict(os.environ)
-ALL_CORES = os.sched_getaffinity(0)
 VENV = REPO / ".bench-venv" / "d3rlpy"
 WORKER = Path(__file__).resolve().parent / "d3rlpy_worker.py"
 DEFAULT_DATASET = REPO.parent / "shared" / "datasets" / "hopper-medium-replay.hdf5"
@@ -62,65 +60,6 @@ DWM_SETTINGS = ("meanflow:5:64:1", "meanflow:5:4096:1")
 D3RLPY_PINS = ("torch==2.13.0", "d3rlpy==2.8.1")
 # Config fields passed on to the d3rlpy worker so that it builds networks of the same sizes.
 WORKER_SETTINGS = ("hidden_dims", "context_length", "embed_dim", "num_layers", "num_heads")
-
-
-# ---- threads and machine peak ------------------------------------------------------------------------------
-def use_one_core() -> None:
-    """Pin this process to one core with XLA's intra-op threading off; call before jax is imported."""
-    os.sched_setaffinity(0, {sorted(os.sched_getaffinity(0))[0]})
-    os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen=false").strip()
-
-
-def peak_worker() -> None:
-    """Print the best float32 GFLOP/s of chained, jitted 2048x2048 matmuls (run in a fresh process)."""
-    import jax
-    import jax.numpy as jnp
-
-    n, reps = 2048, 4
-    a = jax.random.normal(jax.random.PRNGKey(0), (n, n))
-    b = jax.random.normal(jax.random.PRNGKey(1), (n, n))
-
-    @jax.jit
-    def chain(a, b):
-        for _ in range(reps):
-            a = jnp.dot(a, b) * (1.0 / n)
-        return a
-
-    jax.block_until_ready(chain(a, b))
-    times = []
-    for _ in range(8):
-        start = time.perf_counter()
-        jax.block_until_ready(chain(a, b))
-        times.append(time.perf_counter() - start)
-    print(2 * n**3 * reps / min(times) / 1e9)
-
-
-def cpu_name() -> str:
-    """The CPU's model name with its family and model numbers from ``/proc/cpuinfo``: machines differ between runs,
-    and one name (a virtual machine's "AMD EPYC", say) covers generations with different vector units."""
-    fields: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name", platform.processor() or "unknown CPU")
-    if "cpu family" not in fields:
-        return name
-    return f"{name} (family {fields['cpu family']}, model {fields.get('model', '?')})"
-
-
-def usable_cores() -> int:
-    """Cores this process may run on (``taskset`` may allow fewer than the machine has)."""
-    return len(ALL_CORES)
-
-
-def matmul_peak(threads: int) -> float:
-    """Float32 matmul GFLOP/s with ``threads`` (1: one pinned core; 0: every core in ``usable_cores()``)."""
-    command = [sys.executable, __file__, "--peak-worker", "--threads", str(threads)]
-    # A fresh process with this one's original settings (not its own pinning), on every core unless told.
-    out = subprocess.run(command, check=True, capture_output=True, text=True, env=dict(ORIGINAL_ENV, JAX_PLATFORMS="cpu"),
-                         preexec_fn=lambda: os.sched_setaffinity(0, ALL_CORES))
-    return float(out.stdout.strip().splitlines()[-1])
 
 
 # ---- ours ------------------------------------------------------------------------------------------------------
@@ -323,13 +262,8 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=0, choices=(0, 1),
                         help="0: all cores (as training runs); 1: ours and d3rlpy pinned to one core each")
     parser.add_argument("--json", default=None, help="also write every row, the CPU and its peaks to this file")
-    parser.add_argument("--peak-worker", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     os.environ.setdefault("JAX_PLATFORMS", "cpu")
-    if args.peak_worker:
-        if args.threads == 1:
-            use_one_core()
-        return peak_worker()
 
     algos = [a for a in args.rows if a in ALGOS]
     if not Path(args.dataset).exists():
