@@ -78,8 +78,9 @@ def main() -> None:
         print(f"| {how} | {count} | {wall:.1f} | {count * args.steps / wall:.0f} | {ratio} |")
     if args.out:
         rows_json = [dict(how=h, seeds=c, seconds=w) for h, c, w in rows]
-        Path(args.out).write_text(json.dumps({"cpu": cpu_name(), "algo": args.algo, "steps": args.steps,
-                                              "dataset": args.dataset, "cores": cores, "rows": rows_json}, indent=1) + "\n")
+        summary = {"cpu": cpu_name(), "algo": args.algo, "steps": args.steps, "dataset": args.dataset, "cores": cores,
+                   "rows": rows_json}
+        Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
 
 
 if __name__ == "__main__":
