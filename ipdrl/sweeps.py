@@ -10,6 +10,8 @@ A sweep is defined in a TOML or YAML file (or by flags: ``ipdrl sweep --algos ..
     seeds = [0, 1, 2, 3, 4]
     datasets_dir = "../shared/datasets"     # optional: added to $IPDRL_DATASETS for the runs
     paired = [["ipd", "dt"]]                # optional: paired differences to report
+    flags = ["--eval-episodes", "20"]       # optional: flags of every method's runs (before the method's own)
+    group_seeds = true                      # optional (default true): seeds of a method on a dataset train together
 
     [[methods]]
     name = "iql"                            # the row's name
@@ -22,7 +24,11 @@ A sweep is defined in a TOML or YAML file (or by flags: ``ipdrl sweep --algos ..
 
 Every run is a subprocess (its own XLA, one core's worth of threads, killed with its worker): the task of a run
 whose ``results.json`` exists is skipped, an interrupted one continues from its checkpoint (``--resume``), and a
-failed one is reported with the tail of its log while the others go on. Runs of IPD on one (dataset, seed) share
+failed one is reported with the tail of its log while the others go on. The seeds of one method on one dataset
+train together in one process (``ipdrl train --seeds``, ``map`` batching: bit-identical to separate runs, one
+compilation and one dataset load for all; docs/benchmarks/seeds-*.json measures it faster than separate
+processes), split into as many processes as it takes to give every worker one; IPD (several stages), other
+programs and methods whose flags name ``{seed}`` run one seed per process. Runs of IPD on one (dataset, seed) share
 stages 1-3 through ``<out>/.cache``; a distributed lock per (dataset, seed) keeps them from racing on it. By default
 the tasks run on a ``LocalCluster`` bound to 127.0.0.1 with one single-threaded worker per core; ``scheduler``
 (``tcp://HOST:PORT``) uses an existing cluster, whose workers must see the same file system.
@@ -75,6 +81,10 @@ class Sweep:
     budget: str = "cpu"
     datasets_dir: str | None = None
     paired: list[list[str]] = dataclasses.field(default_factory=list)
+    flags: list[str] = dataclasses.field(default_factory=list)
+    """Flags of every method's runs, before the method's own (a later flag wins)."""
+    group_seeds: bool = True
+    """Train the seeds of one method on one dataset together in one process where the algorithm can."""
 
     def __post_init__(self) -> None:
         self.methods = [m if isinstance(m, Method) else Method(**m) for m in self.methods]
@@ -159,13 +169,72 @@ def tasks(sweep: Sweep) -> list[Task]:
                 else:
                     command = [*method.program, *core, "--run-dir", str(run_dir)]
                 lock = f"ipdrl-cache:{out}:{dataset}:{seed}" if method.algo == "ipd" else None
-                flags = [flag.format(dataset=dataset, label=label, seed=seed, out=out) for flag in method.flags]
+                flags = [flag.format(dataset=dataset, label=label, seed=seed, out=out)
+                         for flag in sweep.flags + method.flags]
                 found.append(Task(method.name, method.algo, dataset, seed, budget, str(run_dir),
                                   tuple(command + flags), lock, method.after))
     return found
 
 
-# ---- running one task (on a worker) ---------------------------------------------------------------------------
+@dataclasses.dataclass(frozen=True)
+class Job:
+    """What one Dask task runs: one run, or seeds of one method on one dataset trained together."""
+
+    runs: tuple[Task, ...]
+    command: tuple[str, ...]
+
+    @property
+    def label(self) -> str:
+        first = self.runs[0]
+        seeds = ", ".join(str(task.seed) for task in self.runs)
+        return f"{first.method} on {first.dataset} (seed{'s' if len(self.runs) > 1 else ''} {seeds})"
+
+    def done(self) -> bool:
+        return all(task.done() for task in self.runs)
+
+
+def jobs(sweep: Sweep, todo: list[Task], workers: int) -> list[Job]:
+    """``todo`` as jobs for ``workers`` workers: the seeds of a method on a dataset as one ``ipdrl train --seeds``
+    process where its algorithm trains seeds together and nothing in its flags is per seed, split into more
+    processes where there would otherwise be fewer jobs than workers; every other run alone."""
+    methods = {method.name: method for method in sweep.methods}
+    groups: dict[tuple[str, str], list[Task]] = {}
+    for task in todo:
+        groups.setdefault((task.method, task.dataset), []).append(task)
+    groupable = {key for key, runs in groups.items()
+                 if sweep.group_seeds and len(runs) > 1 and _trains_seeds_together(methods[key[0]], sweep.flags)}
+    count = sum(len(runs) for key, runs in groups.items() if key not in groupable) + len(groupable)
+    parts = max(1, -(-workers // max(count, 1))) if count < workers else 1
+    found = []
+    for key, runs in groups.items():
+        if key not in groupable:
+            found += [Job((task,), task.command) for task in runs]
+            continue
+        size = -(-len(runs) // min(parts, len(runs)))
+        for start in range(0, len(runs), size):
+            chunk = tuple(runs[start:start + size])
+            found.append(Job(chunk, _seeds_command(sweep, methods[key[0]], chunk)) if len(chunk) > 1
+                         else Job(chunk, chunk[0].command))
+    return found
+
+
+def _trains_seeds_together(method: Method, common_flags: list[str]) -> bool:
+    from ipdrl.algos import get_algorithm
+
+    per_seed = any("{seed}" in flag for flag in common_flags + method.flags)
+    return method.program is None and not per_seed and get_algorithm(method.algo).train_seeds is not None
+
+
+def _seeds_command(sweep: Sweep, method: Method, runs: tuple[Task, ...]) -> tuple[str, ...]:
+    first = runs[0]
+    run_dir = str(Path(sweep.out) / method.name / f"{dataset_label(first.dataset)}-s{{seed}}")
+    flags = [flag.format(dataset=first.dataset, label=dataset_label(first.dataset), out=Path(sweep.out))
+             for flag in sweep.flags + method.flags]
+    return (*IPDRL_TRAIN, "--algo", method.algo, "--budget", first.budget, "--dataset", first.dataset,
+            "--seeds", *(str(task.seed) for task in runs), "--run-dir", run_dir, "--resume", "--no-progress", *flags)
+
+
+# ---- running one job (on a worker) ---------------------------------------------------------------------------
 def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
     """A run must not outlive its worker: a killed worker's rerun would race with it on the run directory."""
     try:
@@ -176,26 +245,31 @@ def _die_with_parent() -> None:  # pragma: no cover - runs in the child between 
         pass
 
 
-def run_task(task: Task, env: dict[str, str] | None = None, after: Any = None) -> dict[str, Any]:
-    """Run ``task`` (unless it is done) in a subprocess; its output goes to ``<run_dir>/sweep.log``. Returns the
-    run's summary; a failure raises with the log's last lines. ``after``: the result of the run it waited for."""
-    if not task.done():
-        run_dir = Path(task.run_dir)
-        run_dir.mkdir(parents=True, exist_ok=True)
+def run_job(job: Job, env: dict[str, str] | None = None, after: Any = None) -> list[dict[str, Any]]:
+    """Run ``job`` (unless its runs are done) in a subprocess; its output goes to ``sweep.log`` in its first run's
+    directory. Returns the runs' rows; a failure raises with the log's last lines. ``after``: the result of the job
+    it waited for."""
+    if not job.done():
+        log_path = Path(job.runs[0].run_dir) / "sweep.log"
+        for task in job.runs:
+            Path(task.run_dir).mkdir(parents=True, exist_ok=True)
+            if task is not job.runs[0]:
+                with open(Path(task.run_dir) / "sweep.log", "a") as note:
+                    note.write(f"\n$ {' '.join(job.command)}\n(trained with other seeds; output in {log_path})\n")
         environment = {**os.environ, **(env or {})}
         environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
-        with _held(task.lock):
-            if not task.done():
-                with open(run_dir / "sweep.log", "ab") as output:
-                    output.write(f"\n$ {' '.join(task.command)}\n".encode())
+        with _held(job.runs[0].lock):
+            if not job.done():
+                with open(log_path, "ab") as output:
+                    output.write(f"\n$ {' '.join(job.command)}\n".encode())
                     output.flush()
-                    code = subprocess.call(task.command, stdout=output, stderr=subprocess.STDOUT, env=environment,
+                    code = subprocess.call(job.command, stdout=output, stderr=subprocess.STDOUT, env=environment,
                                            preexec_fn=_die_with_parent if sys.platform == "linux" else None)
                 if code != 0:
-                    tail = (run_dir / "sweep.log").read_text(errors="replace").splitlines()[-25:]
-                    raise RuntimeError(f"{task.label} failed (exit {code}); the end of {run_dir / 'sweep.log'}:\n"
+                    tail = log_path.read_text(errors="replace").splitlines()[-25:]
+                    raise RuntimeError(f"{job.label} failed (exit {code}); the end of {log_path}:\n"
                                        + "\n".join(tail))
-    return run_row(task)
+    return [run_row(task) for task in job.runs]
 
 
 class _held:
@@ -246,7 +320,7 @@ def run_row(task: Task) -> dict[str, Any]:
 # ---- running a sweep ----------------------------------------------------------------------------------------------
 def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, progress: bool = True
         ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Run every task not done yet on Dask; returns (rows of the finished runs, failure reports)."""
+    """Run every run not done yet on Dask (as :func:`jobs`); returns (rows of the finished runs, failure reports)."""
     from distributed import Client, LocalCluster, as_completed
     from tqdm.auto import tqdm
 
@@ -259,22 +333,26 @@ def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, 
             cluster = LocalCluster(n_workers=workers or len(os.sched_getaffinity(0)), threads_per_worker=1,
                                    processes=True, host="127.0.0.1", dashboard_address=None)
         with Client(scheduler or cluster) as client:
-            futures: dict[Any, Task] = {}
+            futures: dict[Any, Job] = {}
             submitted: dict[tuple[str, str, int], Any] = {}
-            for task in todo:  # methods come in order, so a run's predecessor is submitted before it
-                before = submitted.get((task.after, task.dataset, task.seed)) if task.after else None
-                future = client.submit(run_task, task, env, before, pure=False,
-                                       key=f"{sweep.name}:{task.method}:{task.dataset}:{task.seed}")
-                futures[future] = task
-                submitted[(task.method, task.dataset, task.seed)] = future
+            # methods come in order, so a run's predecessor is submitted before it
+            for job in jobs(sweep, todo, sum(client.nthreads().values())):
+                before = [submitted[(task.after, task.dataset, task.seed)] for task in job.runs
+                          if (task.after, task.dataset, task.seed) in submitted]
+                first = job.runs[0]
+                seeds = "-".join(str(task.seed) for task in job.runs)
+                future = client.submit(run_job, job, env, before, pure=False,
+                                       key=f"{sweep.name}:{first.method}:{first.dataset}:{seeds}")
+                futures[future] = job
+                submitted.update({(task.method, task.dataset, task.seed): future for task in job.runs})
             bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="run", disable=not progress,
                        dynamic_ncols=True)
             for future in as_completed(futures):
-                task = futures[future]
+                job = futures[future]
                 if future.status == "error":
-                    failures.append(f"{task.label}: {future.exception()}")
+                    failures.append(f"{job.label}: {future.exception()}")
                     log.error("sweep %s: %s", sweep.name, failures[-1].splitlines()[0])
-                bar.update(1)
+                bar.update(len(job.runs))
                 # A worker's "processing" set includes tasks queued behind the one it runs.
                 processing = client.processing()
                 running = sum(min(len(processing.get(w, ())), n) for w, n in client.nthreads().items())

@@ -98,7 +98,8 @@ def test_a_sweep_with_a_killed_worker_completes_to_the_results_of_an_uninterrupt
             except psutil.Error:
                 continue
             run_dir = command[command.index("--run-dir") + 1] if "--run-dir" in command else None
-            if run_dir and (killed / run_dir / "checkpoint.json").exists():
+            # a method's seeds train together: --run-dir runs/bc/embedded-s{seed}
+            if run_dir and any(killed.glob(run_dir.replace("{seed}", "*") + "/checkpoint.json")):
                 victim = process.parent()  # the Dask worker running this training run
                 break
         time.sleep(0.05)
@@ -150,3 +151,29 @@ def test_a_dataset_given_as_a_path_gets_one_run_directory_per_method(tmp_path):
     with pytest.raises(ValueError, match="share run-directory names"):
         sweeps.Sweep(name="t", datasets=["a/x.hdf5", "b/x.hdf5"], seeds=[0],
                      methods=[sweeps.Method(name="bc", algo="bc")])
+
+
+def test_a_methods_seeds_train_together_split_so_that_every_worker_has_a_job():
+    from ipdrl.sweeps import Method, Sweep
+
+    sweep = Sweep(name="t", datasets=["embedded"], seeds=[0, 1, 2, 3, 4], out="o", flags=["--steps", "9"], methods=[
+        Method(name="iql", algo="iql"),
+        Method(name="ipd", algo="ipd", seeds=[0, 1]),  # stages: one seed per process
+        Method(name="d3", algo="iql", program=["python", "x.py"], seeds=[0, 1]),
+        Method(name="per-seed", algo="bc", seeds=[0, 1], flags=["--eval-seed", "{seed}"]),
+    ])
+    todo = sweeps.tasks(sweep)
+    grouped = [job for job in sweeps.jobs(sweep, todo, 2) if len(job.runs) > 1]
+    assert len(grouped) == 1 and [t.seed for t in grouped[0].runs] == [0, 1, 2, 3, 4]
+    command = list(grouped[0].command)
+    assert command[command.index("--seeds") + 1:command.index("--run-dir")] == ["0", "1", "2", "3", "4"]
+    assert command[command.index("--run-dir") + 1] == str(Path("o/iql/embedded-s{seed}"))
+    assert command[-2:] == ["--steps", "9"] and "--seed" not in command
+    assert len(sweeps.jobs(sweep, todo, 2)) == 1 + 2 + 2 + 2
+
+    alone = Sweep(name="t", datasets=["embedded"], seeds=[0, 1, 2, 3, 4], methods=[Method(name="iql", algo="iql")])
+    assert [[t.seed for t in job.runs] for job in sweeps.jobs(alone, sweeps.tasks(alone), 2)] == [[0, 1, 2], [3, 4]]
+    assert [len(job.runs) for job in sweeps.jobs(alone, sweeps.tasks(alone), 8)] == [1] * 5
+    alone.group_seeds = False
+    assert [job.command for job in sweeps.jobs(alone, sweeps.tasks(alone), 1)] == \
+        [task.command for task in sweeps.tasks(alone)]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 
@@ -28,6 +29,9 @@ def main(argv: list[str]) -> int:
                                             "on 127.0.0.1, one worker per core")
     parser.add_argument("--workers", type=int, help="workers of the local cluster (default: one per core)")
     parser.add_argument("--docs", default="docs/evidence", help="where the table (<name>.md and .json) is written")
+    parser.add_argument("--no-group-seeds", dest="group_seeds", action="store_false", default=None,
+                        help="one process per run (default: a method's seeds on a dataset train together where "
+                             "the algorithm can; see `ipdrl.sweeps`)")
     parser.add_argument("--dry-run", action="store_true", help="list the runs and their state, run nothing")
     parser.add_argument("--report-only", action="store_true", help="write the table from the runs that are done")
     parser.add_argument("--overwrite", action="store_true",
@@ -42,15 +46,20 @@ def main(argv: list[str]) -> int:
                              methods=[sweeps.Method(name=a, algo=a, flags=shlex.split(args.flags)) for a in args.algos])
     else:
         parser.error("give a sweep file, or --name, --algos, --datasets and --seeds")
-    for key in ("datasets", "seeds", "budget", "out"):
+    for key in ("datasets", "seeds", "budget", "out", "group_seeds"):
         if getattr(args, key) is not None:
             setattr(sweep, key, getattr(args, key))
     if not args.file:
         sweep.out = args.out or f"runs/sweeps/{sweep.name}"
 
     if args.dry_run:
-        for task in sweeps.tasks(sweep):
-            print(f"{'done   ' if task.done() else 'to run '} {shlex.join(task.command)}")
+        every = sweeps.tasks(sweep)
+        for task in every:
+            if task.done():
+                print(f"done    {shlex.join(task.command)}")
+        workers = args.workers or (1 if args.scheduler else len(os.sched_getaffinity(0)))
+        for job in sweeps.jobs(sweep, [task for task in every if not task.done()], workers):
+            print(f"to run  {shlex.join(job.command)}")
         return 0
     failures: list[str] = []
     if args.report_only:
