@@ -20,6 +20,7 @@ def main(argv: list[str]) -> int:
     parser.add_argument("file", nargs="?", help="a .toml or .yaml sweep definition")
     parser.add_argument("--name", help="(without a file) the sweep's name")
     parser.add_argument("--algos", nargs="+", help="(without a file) algorithms, one method each")
+    parser.add_argument("--methods", nargs="+", help="run (and tabulate) only these of the file's methods")
     parser.add_argument("--datasets", nargs="+", help="datasets (overrides the file's)")
     parser.add_argument("--seeds", nargs="+", type=int, help="training seeds (overrides the file's)")
     parser.add_argument("--budget", choices=BUDGET_NAMES, help="budget preset (overrides the file's)")
@@ -46,6 +47,13 @@ def main(argv: list[str]) -> int:
                              methods=[sweeps.Method(name=a, algo=a, flags=shlex.split(args.flags)) for a in args.algos])
     else:
         parser.error("give a sweep file, or --name, --algos, --datasets and --seeds")
+    if args.methods:
+        names = [method.name for method in sweep.methods]
+        unknown = sorted(set(args.methods) - set(names))
+        if unknown:
+            parser.error(f"--methods {' '.join(unknown)}: not in the sweep; its methods are {', '.join(names)}")
+        sweep.methods = [method for method in sweep.methods if method.name in args.methods]
+        sweep.paired = [pair for pair in sweep.paired if set(pair) <= set(args.methods)]
     for key in ("datasets", "seeds", "budget", "out", "group_seeds"):
         if getattr(args, key) is not None:
             setattr(sweep, key, getattr(args, key))
