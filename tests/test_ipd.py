@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ipdrl import augmentation, pipelines, presets
-from ipdrl.algos import ipd, ipd_stages
+from ipdrl.algos import dt, ipd, ipd_stages
 from ipdrl.config import config_from_json
 from ipdrl.data.d4rl import read_d4rl, write_d4rl
 from ipdrl.runs import Run
@@ -187,3 +187,14 @@ def test_critic_finetuning_trains_the_critic_alongside_the_policy(first_run):
     for key in ("critic", "critic_target", "value"):
         before, after = jax.tree_util.tree_leaves(iql_state[key])[0], jax.tree_util.tree_leaves(state["critic"][key])[0]
         assert not np.allclose(before, after), key
+
+
+def test_conditioning_like_dt_asks_for_dts_target_in_v_units():
+    config = presets.make_config(ipd, "hopper-medium-replay", "cpu", rtg_mode="classic", return_discount=1.0)
+    assert config.raw_target_return == dt.PRESETS["hopper"]["target_return"]
+    first_labels = np.array([10.0, 50.0])
+    assert ipd.classic_target(config, first_labels, 0.5, 0.0) == 0.5 * config.raw_target_return
+    assert ipd.classic_target(dataclasses.replace(config, target_return=7.0), first_labels, 0.5, 0.0) == 7.0
+    # a raw return is no discounted label, and shifted rewards add a per-step term: the largest label instead
+    assert ipd.classic_target(dataclasses.replace(config, return_discount=None), first_labels, 0.5, 0.0) == 50.0
+    assert ipd.classic_target(config, first_labels, 0.5, -1.0) == 50.0

@@ -13,8 +13,9 @@ classic`` instead asks for a fixed target and decrements it by the observed (sca
 
 Ablations: ``--augment.ratio 0`` (no augmentation: stages 2-3 skipped, labels from the real data),
 ``--augment.mode greedy-q``, ``--alpha 0``, ``--rtg-mode classic``. Conditioning like DT instead — undiscounted
-tokens and a fixed, ambitious target: ``--rtg-mode classic --return-discount 1 --return-scale 1000 --target-return T``
-(T in V's units; docs/evidence/tokens.md measures why this matters at the ``cpu`` budget).
+tokens and a fixed, ambitious target: ``--rtg-mode classic --return-discount 1 --return-scale 1000`` (the target:
+DT's per-family one, ``--raw-target-return``, in V's units; docs/evidence/tokens.md measures why this matters at the
+``cpu`` budget). ``ipdrl run``'s quick preset conditions this way (benchmarks/sweeps/quick-screen.toml).
 
 Stages 1-3 (:mod:`ipdrl.algos.ipd_stages`) are cached under ``cache_dir``, each keyed by a hash of what it
 depends on, so a run that changes only stage-4 settings (alpha, rtg_mode, ...) reuses all three. IQL and the policy
@@ -85,8 +86,12 @@ class Config(RunConfig, dt.Hyperparameters):
     """'max-value': QDT's relabelling of the training tokens, R_t <- max(r_t + gamma R_{t+1}, V(s_t)) backwards
     along every trajectory, so that the transformer can stitch; 'none': the returns-to-go themselves."""
     target_return: float | None = None
-    """Classic mode only: the first step's target in V's units (discounted, scaled rewards); default: the largest
-    return-to-go label at an episode start of the training data."""
+    """Classic mode only: the first step's target in V's units (discounted, scaled rewards); default: from
+    --raw-target-return, else the largest return-to-go label at an episode start of the training data."""
+    raw_target_return: float | None = None
+    """Classic mode with undiscounted tokens (--return-discount 1): the first step's target in the environment's
+    reward units, like DT's --target-return, converted to V's units with IQL's reward scale. The locomotion presets
+    set DT's own targets, so that conditioning like DT asks for what DT asks for."""
     finetune_critic: bool = False
     """Keep training the critic (IQL's losses) on D_aug alongside the policy; default: frozen."""
     guidance_critic: Literal["iql", "own"] = "iql"
@@ -132,6 +137,8 @@ BUDGETS = {
 # uses eta 3.0 on hopper-medium-replay and 5.0 (with K 5) on halfcheetah-medium-replay (1.0 is hopper-medium's).
 PRESETS = {family: {"iql": settings} for family, settings in iql.PRESETS.items()}
 PRESETS["halfcheetah"] = dict(PRESETS.get("halfcheetah", {}), alpha=0.4)
+for family in ("hopper", "halfcheetah", "walker2d", "ant"):
+    PRESETS[family] = dict(PRESETS[family], raw_target_return=dt.PRESETS[family]["target_return"])
 PRESETS["kitchen"] = dict(PRESETS["kitchen"], return_scale=1.0)  # V in completions: a few units at most
 
 
@@ -144,11 +151,10 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
                    ) -> Learner:
     """The stage-4 learner on ``data`` (D_aug) with the given return labels (V's units) and timesteps."""
     scale, shift = (float(x) for x in np.asarray(iql_state["reward_scale"]))
-    first_labels = labels[data.episode_starts]
     returns = dt.ReturnTokens(
         labels=labels,
         timesteps=timesteps,
-        target=config.target_return if config.target_return is not None else float(first_labels.max()),
+        target=classic_target(config, labels[data.episode_starts], scale, shift),
         reward_scale=scale,
         reward_shift=shift,
         discount=token_discount(config),
@@ -169,6 +175,16 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
     own = WindowCritic(config.own_critic, config.iql.discount) if config.guidance_critic == "own" else None
     return dt.make_learner(config, data, returns, critic, config.alpha, loss_mask=loss_mask(data, config.loss_on),
                            own_critic=own)
+
+
+def classic_target(config: Config, first_labels: np.ndarray, scale: float, shift: float) -> float:
+    """The classic rule's first target in V's units: --target-return, else --raw-target-return converted (only
+    undiscounted tokens are a sum of scaled rewards), else the largest label at an episode start."""
+    if config.target_return is not None:
+        return config.target_return
+    if config.raw_target_return is not None and token_discount(config) == 1.0 and shift == 0.0:
+        return scale * config.raw_target_return
+    return float(first_labels.max())
 
 
 def loss_mask(data: Dataset, loss_on: str) -> np.ndarray | None:
