@@ -256,20 +256,26 @@ def run_job(job: Job, env: dict[str, str] | None = None, after: Any = None) -> l
             if task is not job.runs[0]:
                 with open(Path(task.run_dir) / "sweep.log", "a") as note:
                     note.write(f"\n$ {' '.join(job.command)}\n(trained with other seeds; output in {log_path})\n")
-        environment = {**os.environ, **(env or {})}
-        environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
         with _held(job.runs[0].lock):
             if not job.done():
-                with open(log_path, "ab") as output:
-                    output.write(f"\n$ {' '.join(job.command)}\n".encode())
-                    output.flush()
-                    code = subprocess.call(job.command, stdout=output, stderr=subprocess.STDOUT, env=environment,
-                                           preexec_fn=_die_with_parent if sys.platform == "linux" else None)
-                if code != 0:
-                    tail = log_path.read_text(errors="replace").splitlines()[-25:]
-                    raise RuntimeError(f"{job.label} failed (exit {code}); the end of {log_path}:\n"
-                                       + "\n".join(tail))
+                call_logged(job.command, log_path, env, job.label)
     return [run_row(task) for task in job.runs]
+
+
+def call_logged(command: tuple[str, ...] | list[str], log_path: Path, env: dict[str, str] | None, label: str) -> None:
+    """Run ``command`` as a worker's task: one core's worth of XLA threads, output appended to ``log_path``, killed
+    with the worker; a failure raises with the log's last lines."""
+    environment = {**os.environ, **(env or {})}
+    environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "ab") as output:
+        output.write(f"\n$ {' '.join(command)}\n".encode())
+        output.flush()
+        code = subprocess.call(list(command), stdout=output, stderr=subprocess.STDOUT, env=environment,
+                               preexec_fn=_die_with_parent if sys.platform == "linux" else None)
+    if code != 0:
+        tail = log_path.read_text(errors="replace").splitlines()[-25:]
+        raise RuntimeError(f"{label} failed (exit {code}); the end of {log_path}:\n" + "\n".join(tail))
 
 
 class _held:
