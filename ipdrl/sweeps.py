@@ -323,21 +323,29 @@ def run_row(task: Task) -> dict[str, Any]:
     }
 
 
+def local_cluster(workers: int):
+    """A Dask ``LocalCluster`` on 127.0.0.1 with ``workers`` single-threaded worker processes, its connection chatter
+    kept out of the console (warnings and errors still show)."""
+    from distributed import LocalCluster
+
+    for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core", "distributed.worker"):
+        logging.getLogger(name).setLevel(logging.WARNING)
+    return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
+                        dashboard_address=None, silence_logs=logging.WARNING)
+
+
 # ---- running a sweep ----------------------------------------------------------------------------------------------
 def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, progress: bool = True
         ) -> tuple[list[dict[str, Any]], list[str]]:
     """Run every run not done yet on Dask (as :func:`jobs`); returns (rows of the finished runs, failure reports)."""
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
     from tqdm.auto import tqdm
 
     todo = [task for task in tasks(sweep) if not task.done()]
     env = {"IPDRL_DATASETS": os.pathsep.join(filter(None, [os.environ.get("IPDRL_DATASETS"), sweep.datasets_dir]))}
     failures: list[str] = []
     if todo:
-        cluster = None
-        if scheduler is None:
-            cluster = LocalCluster(n_workers=workers or len(os.sched_getaffinity(0)), threads_per_worker=1,
-                                   processes=True, host="127.0.0.1", dashboard_address=None)
+        cluster = local_cluster(workers or len(os.sched_getaffinity(0))) if scheduler is None else None
         with Client(scheduler or cluster) as client:
             futures: dict[Any, Job] = {}
             submitted: dict[tuple[str, str, int], Any] = {}

@@ -192,7 +192,7 @@ def seed_done(args: Args, out: Path) -> bool:
 
 def run_seeds(args: Args) -> int:
     """Every seed's job (those not done yet as tasks on a local Dask cluster), then the table over seeds."""
-    from distributed import Client, LocalCluster, as_completed
+    from distributed import Client, as_completed
     from tqdm.auto import tqdm
 
     out, started = Path(args.out), time.perf_counter()
@@ -203,8 +203,7 @@ def run_seeds(args: Args) -> int:
         workers = min(args.workers or len(os.sched_getaffinity(0)), len(todo))
         log.info("ipdrl run: seeds %s, %d at a time (one core each); logs in %s/seed-S/job.log",
                  " ".join(map(str, todo)), workers, out)
-        with LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                          dashboard_address=None) as cluster, Client(cluster) as client:
+        with sweeps.local_cluster(workers) as cluster, Client(cluster) as client:
             futures = {client.submit(sweeps.call_logged, seed_command(args, seed, folders[seed]),
                                      folders[seed] / "job.log", None, f"seed {seed}", pure=False,
                                      key=f"ipdrl-run-seed-{seed}"): seed for seed in todo}
