@@ -111,7 +111,7 @@ def dataset_title(spec: str, name: str) -> str:
 def format_table(rows: dict[str, dict[str, Any]], args: Args) -> str:
     first = next(iter(rows.values()))
     lines = [f"IPD vs DT vs IQL on {dataset_title(args.dataset, first['dataset'])} (budget {args.budget}, training seed "
-             f"{args.seeds[0]})", *_evaluation_lines(first), "",
+             f"{args.seeds[0]})", *_evaluation_lines(first), "scores: mean ± std over the episodes", "",
              "| method | normalised score | return | updates | wall time |", "|---|---|---|---|---|"]
     for name, row in rows.items():
         score = (f"{row['normalized_mean']:.1f} ± {row['normalized_std']:.1f}" if "normalized_mean" in row else "n/a")
