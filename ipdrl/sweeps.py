@@ -160,20 +160,35 @@ def tasks(sweep: Sweep) -> list[Task]:
         budget = method.budget or sweep.budget
         for dataset in method.datasets or sweep.datasets:
             for seed in method.seeds if method.seeds is not None else sweep.seeds:
-                label = dataset_label(dataset)
-                run_dir = out / method.name / f"{label}-s{seed}"
-                core = ["--algo", method.algo, "--budget", budget, "--dataset", dataset, "--seed", str(seed)]
+                run_dir = _run_dir(sweep, method, dataset, seed)
                 if method.program is None:
-                    extra = ["--cache-dir", str(out / ".cache")] if method.algo == "ipd" else []
-                    command = [*IPDRL_TRAIN, *core, "--run-dir", str(run_dir), "--resume", "--no-progress", *extra]
+                    command = _train_command(sweep, method, budget, dataset, ["--seed", str(seed)], run_dir)
                 else:
-                    command = [*method.program, *core, "--run-dir", str(run_dir)]
+                    command = [*method.program, "--algo", method.algo, "--budget", budget, "--dataset", dataset,
+                               "--seed", str(seed), "--run-dir", run_dir]
                 lock = f"ipdrl-cache:{out}:{dataset}:{seed}" if method.algo == "ipd" else None
-                flags = [flag.format(dataset=dataset, label=label, seed=seed, out=out)
-                         for flag in sweep.flags + method.flags]
-                found.append(Task(method.name, method.algo, dataset, seed, budget, str(run_dir),
-                                  tuple(command + flags), lock, method.after))
+                found.append(Task(method.name, method.algo, dataset, seed, budget, run_dir,
+                                  tuple(command + _flags(sweep, method, dataset, seed)), lock, method.after))
     return found
+
+
+def _run_dir(sweep: Sweep, method: Method, dataset: str, seed: int | str) -> str:
+    """``<out>/<method>/<label>-s<seed>`` (``seed`` "{seed}": the pattern ``ipdrl train --seeds`` fills in)."""
+    return str(Path(sweep.out) / method.name / f"{dataset_label(dataset)}-s{seed}")
+
+
+def _train_command(sweep: Sweep, method: Method, budget: str, dataset: str, seeds: list[str], run_dir: str
+                   ) -> list[str]:
+    """``ipdrl train`` for one method on one dataset (``seeds``: ``--seed S`` or ``--seeds S1 S2 ...``)."""
+    extra = ["--cache-dir", str(Path(sweep.out) / ".cache")] if method.algo == "ipd" else []
+    return [*IPDRL_TRAIN, "--algo", method.algo, "--budget", budget, "--dataset", dataset, *seeds, "--run-dir", run_dir,
+            "--resume", "--no-progress", *extra]
+
+
+def _flags(sweep: Sweep, method: Method, dataset: str, seed: int | None) -> list[str]:
+    """The sweep's and the method's flags with {dataset}, {label}, {seed} and {out} filled in."""
+    return [flag.format(dataset=dataset, label=dataset_label(dataset), seed=seed, out=Path(sweep.out))
+            for flag in sweep.flags + method.flags]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -204,7 +219,7 @@ def jobs(sweep: Sweep, todo: list[Task], workers: int) -> list[Job]:
     groupable = {key for key, runs in groups.items()
                  if sweep.group_seeds and len(runs) > 1 and _trains_seeds_together(methods[key[0]], sweep.flags)}
     count = sum(len(runs) for key, runs in groups.items() if key not in groupable) + len(groupable)
-    parts = max(1, -(-workers // max(count, 1))) if count < workers else 1
+    parts = -(-workers // count) if 0 < count < workers else 1  # ceil: jobs enough for every worker
     found = []
     for key, runs in groups.items():
         if key not in groupable:
@@ -226,12 +241,12 @@ def _trains_seeds_together(method: Method, common_flags: list[str]) -> bool:
 
 
 def _seeds_command(sweep: Sweep, method: Method, runs: tuple[Task, ...]) -> tuple[str, ...]:
+    """The ``ipdrl train --seeds`` command of ``runs`` (one method and dataset; no flag names ``{seed}``)."""
     first = runs[0]
-    run_dir = str(Path(sweep.out) / method.name / f"{dataset_label(first.dataset)}-s{{seed}}")
-    flags = [flag.format(dataset=first.dataset, label=dataset_label(first.dataset), out=Path(sweep.out))
-             for flag in sweep.flags + method.flags]
-    return (*IPDRL_TRAIN, "--algo", method.algo, "--budget", first.budget, "--dataset", first.dataset,
-            "--seeds", *(str(task.seed) for task in runs), "--run-dir", run_dir, "--resume", "--no-progress", *flags)
+    seeds = ["--seeds", *(str(task.seed) for task in runs)]
+    command = _train_command(sweep, method, first.budget, first.dataset, seeds,
+                             _run_dir(sweep, method, first.dataset, "{seed}"))
+    return tuple(command + _flags(sweep, method, first.dataset, None))
 
 
 # ---- running one job (on a worker) ---------------------------------------------------------------------------
