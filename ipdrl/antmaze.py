@@ -12,8 +12,10 @@ The datasets end their episodes in time-outs only: their termination function is
 
 **The controller's task** (:class:`AntGoalEnv`, ``AntGoal-v0``): Gymnasium's Ant-v5 on open ground with a goal
 1-6 units away (a maze cell is 4), observing its state and the goal relative to its position in the frame of its
-heading, at most 3 units away (:func:`controller_observation`); rewarded by its speed towards the goal, Ant-v5's
-healthy reward and control cost; a reached goal is replaced by a new one.
+heading, at most 3 units away (:func:`controller_observation`); rewarded by its speed towards the goal (weighted 10
+by default, as Minari's goal-reaching ant for its AntMaze datasets: at Ant-v5's weight 1, standing still for the
+healthy reward pays more than the slow, turning gait a goal in any direction needs), Ant-v5's healthy reward and
+control cost; a reached goal is replaced by a new one.
 """
 
 from __future__ import annotations
@@ -145,13 +147,14 @@ class AntGoalEnv(gym.Env):
     metadata = {"render_modes": []}
 
     def __init__(self, min_distance: float = 1.0, max_distance: float = 6.0, ctrl_cost_weight: float = 0.5,
-                 healthy_reward: float = 1.0):
+                 healthy_reward: float = 1.0, progress_weight: float = 10.0):
         from gymnasium.envs.mujoco.ant_v5 import AntEnv
 
         # the reward's weights default to Ant-v5's
         self.ant = AntEnv(exclude_current_positions_from_observation=False, include_cfrc_ext_in_observation=False,
                           ctrl_cost_weight=ctrl_cost_weight, healthy_reward=healthy_reward)
         self.min_distance, self.max_distance = min_distance, max_distance
+        self.progress_weight = progress_weight
         self.action_space = self.ant.action_space
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (29,), np.float32)
         self.goal = np.zeros(2)
@@ -189,7 +192,7 @@ class AntGoalEnv(gym.Env):
         before = np.linalg.norm(self.goal - self.ant.data.qpos[:2])
         ant_obs, _, terminated, truncated, info = self.ant.step(action)
         after = np.linalg.norm(self.goal - ant_obs[:2])
-        reward = ((before - after) / self.ant.dt + (0.0 if terminated else self.ant._healthy_reward)
+        reward = (self.progress_weight * (before - after) / self.ant.dt + (0.0 if terminated else self.ant._healthy_reward)
                   - self.ant._ctrl_cost_weight * float(np.square(action).sum()))
         info["reached"] = bool(after <= SUCCESS_RADIUS)
         if info["reached"]:

@@ -75,18 +75,19 @@ def test_the_controllers_evaluation_counts_the_goals_it_reaches(monkeypatch):
 
 def test_the_controller_tasks_reward_weights_are_settings():
     try:
-        antmaze.register_controller_task(ctrl_cost_weight=0.0, healthy_reward=0.0)
+        antmaze.register_controller_task(ctrl_cost_weight=0.0, healthy_reward=0.0, progress_weight=2.0)
         env = envs.make_env(antmaze.ANT_GOAL_ENV)
         env.reset(seed=0)
         before = np.linalg.norm(env.unwrapped.goal - env.unwrapped.data.qpos[:2])
         _, reward, terminated, _, _ = env.step(np.full(8, 0.5, np.float32))
         after = np.linalg.norm(env.unwrapped.goal - env.unwrapped.data.qpos[:2])
         assert not terminated
-        np.testing.assert_allclose(reward, (before - after) / env.unwrapped.ant.dt, rtol=1e-6)  # progress only
+        np.testing.assert_allclose(reward, 2.0 * (before - after) / env.unwrapped.ant.dt, rtol=1e-6)  # progress only
     finally:
         antmaze.register_controller_task()  # Ant-v5's weights again for the other tests
     env = envs.make_env(antmaze.ANT_GOAL_ENV)
     assert (env.unwrapped.ant._ctrl_cost_weight, env.unwrapped.ant._healthy_reward) == (0.5, 1.0)
+    assert env.unwrapped.progress_weight == 10.0
 
 
 def test_antmaze_level_and_env_must_go_together(tmp_path):

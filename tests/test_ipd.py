@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ipdrl import augmentation, pipelines, presets
-from ipdrl.algos import dt, ipd, ipd_stages
+from ipdrl.algos import dt, iql, ipd, ipd_stages
 from ipdrl.config import config_from_json
 from ipdrl.data.d4rl import read_d4rl, write_d4rl
 from ipdrl.runs import Run
@@ -198,3 +198,29 @@ def test_conditioning_like_dt_asks_for_dts_target_in_v_units():
     # a raw return is no discounted label, and shifted rewards add a per-step term: the largest label instead
     assert ipd.classic_target(dataclasses.replace(config, return_discount=None), first_labels, 0.5, 0.0) == 50.0
     assert ipd.classic_target(config, first_labels, 0.5, -1.0) == 50.0
+
+
+def test_stage_one_can_be_a_finished_iql_run(first_run):
+    """`--iql-run DIR`: a separately trained IQL (say, to its curve's plateau) is stage 1, with its own settings."""
+    folder, _, _ = first_run
+    data_file = str(folder / "hopper-medium-replay.hdf5")
+    iql_config = presets.make_config(iql, data_file, "tiny", run_dir=str(folder / "iql-run"), progress=False,
+                                     hidden_dims=(32, 32), eval_episodes=1)
+    pipelines.train("iql", iql_config)
+    config = tiny_config(folder, run_dir=str(folder / "run-iql-run"), iql_run=str(folder / "iql-run"),
+                         augment={"ratio": 0.0})
+    results = pipelines.train("ipd", config)
+    assert results["stages"]["iql"]["iql_run"] == str(folder / "iql-run")
+    assert not any(key.startswith("iql_") for row in Run.open(folder / "run-iql-run").metrics() for key in row)
+    policy_state = read_state(folder / "run-iql-run" / "policy_checkpoint.msgpack")
+    for used, trained in zip(jax.tree_util.tree_leaves(policy_state["critic"]["critic_target"]),
+                             jax.tree_util.tree_leaves(read_state(folder / "iql-run" / "checkpoint.msgpack")
+                                                       ["critic_target"])):
+        np.testing.assert_array_equal(used, trained)  # the run's 32-wide critic, not --iql.*'s
+    assert pipelines.evaluate_run("ipd", folder / "run-iql-run")["returns"] == results["returns"]
+
+    with pytest.raises(ValueError, match="pass an `ipdrl train --algo iql` run"):
+        pipelines.train("ipd", dataclasses.replace(config, iql_run=str(folder / "run1"), run_dir=str(folder / "run-ipd")))
+    other = write_d4rl(read_d4rl(data_file), folder / "other.hdf5")
+    with pytest.raises(ValueError, match="not on .*other.hdf5: pass an IQL run of this dataset"):
+        pipelines.train("ipd", dataclasses.replace(config, dataset=str(other), run_dir=str(folder / "run-other")))

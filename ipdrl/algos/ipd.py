@@ -47,6 +47,7 @@ from ipdrl.algos.window_critic import WindowCritic, WindowCriticConfig
 from ipdrl.augmentation import AugmentConfig
 from ipdrl.config import RunConfig, require
 from ipdrl.data.dataset import Dataset, transition_fields
+from ipdrl.data.loading import dataset_label
 from ipdrl.runs import Run
 from ipdrl.storage import atomic_write_json
 from ipdrl.training import Learner, evaluate_final, train_in_run
@@ -64,6 +65,9 @@ class Config(RunConfig, dt.Hyperparameters):
 
     iql: iql.Hyperparameters = dataclasses.field(default_factory=iql.Hyperparameters)
     """Stage 1 value learner (its seed, evaluation seed and progress are the run's)."""
+    iql_run: str | None = None
+    """Stage 1 from the `ipdrl train --algo iql` run at DIR (its latest checkpoint, e.g. one trained to where its
+    learning curve plateaus) instead of training --iql.*; that run's settings replace --iql.*."""
     ensemble: EnsembleConfig = EnsembleConfig()
     """Stage 2 world model."""
     world_model: str | None = None
@@ -203,8 +207,15 @@ def token_discount(config: Config) -> float:
 def training_data(config: Config, dataset: Dataset, run: Run, env_id: str | None
                   ) -> tuple[dict, Dataset, np.ndarray, np.ndarray, dict[str, Any]]:
     """Stages 1-3: (IQL state, training data, return labels, timesteps, stage info)."""
-    announce(run, 1, f"IQL value function ({config.iql.steps} updates)")
-    iql_state, iql_info = stages.value_stage(config.iql, dataset, config, run, env_id, config.cache_dir)
+    if config.iql_run:
+        _, iql_state, iql_info = stages.load_iql_run(config.iql_run, dataset)
+        announce(run, 1, f"IQL value function from {config.iql_run} ({iql_info['steps']} updates)")
+        if dataset_label(iql_info["trained_on"]) != dataset_label(config.dataset):
+            raise ValueError(f"--iql-run {config.iql_run} was trained on {iql_info['trained_on']}, not on "
+                             f"{config.dataset}: pass an IQL run of this dataset.")
+    else:
+        announce(run, 1, f"IQL value function ({config.iql.steps} updates)")
+        iql_state, iql_info = stages.value_stage(config.iql, dataset, config, run, env_id, config.cache_dir)
     values = stages.value_functions(config.iql, iql_state, dataset.act_dim)
     info: dict[str, Any] = {"iql": iql_info}
     token_values = values._replace(gamma=token_discount(config))
@@ -230,8 +241,14 @@ def relabelled(config: Config, data: Dataset, labels: np.ndarray, values: augmen
     return augmentation.max_value_relabel(data, labels, values) if config.return_relabel == "max-value" else labels
 
 
+def with_stage1_settings(config: Config) -> Config:
+    """``config`` with ``--iql-run``'s IQL settings in place of ``--iql.*`` (the critic's networks and discount)."""
+    return dataclasses.replace(config, iql=stages.iql_run_settings(config.iql_run)) if config.iql_run else config
+
+
 def train(config: Config, dataset: Dataset, run: Run, env_id: str) -> dict[str, Any]:
     """Stages 1-4, then the final checkpoint's evaluation; writes the augmentation report into the run."""
+    config = with_stage1_settings(config)
     iql_state, data, labels, timesteps, info = training_data(config, dataset, run, env_id)
     if "augment" in info:
         report = info["augment"]["report"]
@@ -259,6 +276,7 @@ def evaluate(config: Config, dataset: Dataset, run: Run, env_id: str) -> dict[st
     """Re-evaluate the policy's final checkpoint (``ipdrl eval RUN_DIR``); needs only the run directory."""
     if not run.has_checkpoint("policy_checkpoint"):
         raise FileNotFoundError(f"{run.path} has no stage-4 policy checkpoint yet: train it first (or --resume it).")
+    config = with_stage1_settings(config)
     iql_template = jax.jit(iql.make_learner(config.iql, dataset).init)(jax.random.PRNGKey(config.seed))
     # Acting needs no return labels: they only shape the training fields, and the return target that the classic
     # rule starts from is part of the checkpointed state, so zeros of the right shape serve as the template.

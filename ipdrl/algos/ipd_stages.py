@@ -113,7 +113,17 @@ def load_iql_run(path: str | Path, dataset: Dataset) -> tuple[iql.Hyperparameter
     if not run.has_checkpoint():
         raise FileNotFoundError(f"{run.path} has no checkpoint yet: finish `ipdrl train --algo iql` first.")
     state, step = run.load_checkpoint(iql.make_learner(config, dataset).init(jax.random.PRNGKey(config.seed)))
-    return config, state, {"iql_run": str(run.path), "steps": step, "trained_on": config.dataset}
+    key = stage_key("iql-run", file_digest(run.path / "checkpoint.msgpack"))  # what later stages' caches hang on
+    return config, state, {"iql_run": str(run.path), "steps": step, "trained_on": config.dataset, "key": key}
+
+
+def iql_run_settings(path: str | Path) -> iql.Hyperparameters:
+    """The IQL settings of an ``ipdrl train --algo iql`` run (what its checkpoint's networks are)."""
+    saved = Run.open(path).config
+    if saved.get("algo") != "iql":
+        raise ValueError(f"{path} is a {saved.get('algo')!r} run; pass an `ipdrl train --algo iql` run.")
+    fields = {f.name for f in dataclasses.fields(iql.Hyperparameters)}
+    return config_from_json({k: v for k, v in saved.items() if k in fields}, iql.Hyperparameters)
 
 
 # ---- stage 2: world model -----------------------------------------------------------------------------

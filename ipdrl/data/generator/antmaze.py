@@ -53,9 +53,10 @@ def train_controller(config: GenerateConfig, output: Path):
     # Only SAC's own settings, with a fixed evaluation and checkpoint cadence, so that every maze and level (with
     # whatever other flags) finds and shares the same controller.
     shared = ("seed", "start_steps", "updates_every", "hidden_dims", "batch_size", "progress", "controller_ctrl_cost",
-              "controller_healthy_reward")
+              "controller_healthy_reward", "controller_progress_weight")
     antmaze.register_controller_task(ctrl_cost_weight=config.controller_ctrl_cost,
-                                     healthy_reward=config.controller_healthy_reward)
+                                     healthy_reward=config.controller_healthy_reward,
+                                     progress_weight=config.controller_progress_weight)
     controller = GenerateConfig(env=antmaze.ANT_GOAL_ENV, level="expert", expert_steps=config.controller_steps,
                                 work_dir=str(work_dir), resume=True, **CONTROLLER_CADENCE,
                                 **{k: getattr(config, k) for k in shared})
@@ -174,7 +175,7 @@ def generate_antmaze(config: GenerateConfig) -> Path:
 
 # ---- collection checkpoints: the groups collected so far, with the settings that made them ----------------------
 _SETTINGS = ("env", "level", "seed", "controller_steps", "controller_ctrl_cost", "controller_healthy_reward",
-             "action_noise", "parallel_episodes", "hidden_dims")
+             "controller_progress_weight", "action_noise", "parallel_episodes", "hidden_dims")
 
 
 def _settings(config: GenerateConfig) -> dict:
