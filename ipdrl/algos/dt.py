@@ -34,7 +34,8 @@ from ipdrl.transformer import DecisionTransformer
 
 @dataclasses.dataclass
 class Hyperparameters(FitConfig):
-    """Decision Transformer hyperparameters (CORL defaults)."""
+    """Decision Transformer hyperparameters: the defaults of CORL's ``dt.py``. CORL's shipped per-dataset configs
+    differ (``configs/offline/dt/hopper/medium_replay_v2.yaml``: batch 4096, learning rate 8e-4)."""
 
     steps: int = 100_000
     batch_size: int = 64
