@@ -131,6 +131,23 @@ def test_the_same_seed_makes_the_same_antmaze_data_resumed_or_not(generated, tmp
     np.testing.assert_array_equal(fresh.actions, resumed.actions)
 
 
+def test_a_saved_controller_makes_the_same_data_without_its_training(generated, tmp_path):
+    root, config, resumed = generated
+    saved = root / "controller" / "controller.msgpack"
+    again = read_d4rl(generate(GenerateConfig(**{**config.__dict__, "transitions": 2000, "controller": str(saved),
+                                                  "controller_dir": str(tmp_path / "unused"),
+                                                  "output": str(tmp_path / "from-file.hdf5")})))
+    assert not (tmp_path / "unused").exists()  # nothing trained
+    np.testing.assert_array_equal(again.actions, resumed.actions)
+    assert again.metadata["generator"]["controller_info"]["settings"]["controller_progress_weight"] == 10.0
+    with pytest.raises(FileNotFoundError, match="no controller at"):
+        generate(GenerateConfig(**{**config.__dict__, "controller": str(tmp_path / "missing.msgpack")}))
+    (tmp_path / "bad.msgpack").write_bytes(b"not msgpack")
+    with pytest.raises(ValueError, match="is not a controller file"):
+        generate(GenerateConfig(**{**config.__dict__, "controller": str(tmp_path / "bad.msgpack"),
+                                   "output": str(tmp_path / "bad.hdf5")}))
+
+
 def test_antmaze_presets_are_the_papers():
     umaze = "antmaze-umaze"
     iql = presets.make_config(get_algorithm("iql"), umaze, "cpu")

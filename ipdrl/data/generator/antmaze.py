@@ -2,7 +2,8 @@
 
 1. **A goal-reaching controller**: SAC (the generator's agent) on ``AntGoal-v0`` (:mod:`ipdrl.antmaze`): Ant-v5 on
    open ground reaching goals 1-6 units away from goal-relative inputs. Trained once per seed and checkpointed in
-   ``controller_dir``; every maze and level reuses it, and a killed training resumes.
+   ``controller_dir``; every maze and level reuses it, and a killed training resumes. Its policy alone is saved
+   there too (``controller.msgpack``), and ``--controller FILE`` steers with such a file without any training.
 2. **A waypoint planner** over the maze's cells (:meth:`ipdrl.antmaze.Maze.waypoint`): the controller is steered to
    the next cell on a shortest path to its commanded goal, and to the goal itself in the goal's cell.
 3. **Commanded goals** per level: ``umaze`` from the maze's evaluation start to its evaluation goal; ``diverse`` from
@@ -25,6 +26,7 @@ import shutil
 import time
 from pathlib import Path
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -34,7 +36,7 @@ from ipdrl import antmaze
 from ipdrl.data.d4rl import write_d4rl
 from ipdrl.data.dataset import Dataset
 from ipdrl.data.generator.config import GenerateConfig
-from ipdrl.data.generator.sac import SACTrainer, deterministic_action
+from ipdrl.data.generator.sac import SACConfig, SACTrainer, deterministic_action
 from ipdrl.storage import atomic_write_bytes
 
 EPISODE_STEPS = 1000
@@ -47,8 +49,12 @@ def dataset_stem(config: GenerateConfig, layout: antmaze.Maze) -> str:
     return f"antmaze-{layout.name}" + ("" if config.level == "umaze" else f"-{config.level}")
 
 
+CONTROLLER_FILE = "controller.msgpack"
+
+
 def train_controller(config: GenerateConfig, output: Path):
-    """The goal-reaching controller (SAC on AntGoal-v0), trained or resumed in its shared directory."""
+    """The goal-reaching controller (SAC on AntGoal-v0), trained or resumed in its shared directory, where its policy
+    is also saved alone (:data:`CONTROLLER_FILE`); returns (SAC settings, actor parameters, info)."""
     work_dir = Path(config.controller_dir or output.parent / f"antmaze-controller-s{config.seed}.work")
     # Only SAC's own settings, with a fixed evaluation and checkpoint cadence, so that every maze and level (with
     # whatever other flags) finds and shares the same controller.
@@ -62,7 +68,32 @@ def train_controller(config: GenerateConfig, output: Path):
                                 **{k: getattr(config, k) for k in shared})
     trainer = SACTrainer(controller, work_dir, score_info="reached")
     outcome = trainer.train(stop_at_threshold=False, total_steps=config.controller_steps, threshold=None)
-    return trainer, outcome
+    steps = outcome.evaluations[-1][0] if outcome.evaluations else config.controller_steps
+    info = {"steps": steps, "evaluations": outcome.evaluations, "hidden_dims": trainer.sac.hidden_dims,
+            "settings": {k: getattr(config, k) for k in shared if k != "progress"}}
+    save_controller(work_dir / CONTROLLER_FILE, outcome.state["actor"], info)
+    return trainer.sac, outcome.state["actor"], info
+
+
+def save_controller(path: Path, actor: dict, info: dict) -> None:
+    """The controller's policy alone (a few hundred kB, unlike its replay buffer): what ``--controller`` loads."""
+    payload = {"actor": jax.device_get(actor), "info": json.dumps(info)}
+    atomic_write_bytes(path, flax.serialization.msgpack_serialize(payload))
+
+
+def load_controller(path: str | Path) -> tuple[SACConfig, dict, dict]:
+    """(SAC network settings, actor parameters, info) of a controller saved by :func:`save_controller`."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"no controller at {path}: pass the {CONTROLLER_FILE} that a controller's training "
+                                f"wrote into its directory (--controller-dir), or leave out --controller to train one.")
+    try:
+        payload = flax.serialization.msgpack_restore(path.read_bytes())
+        info = json.loads(payload["info"])
+        hidden_dims = info["hidden_dims"]
+    except Exception as err:  # msgpack and json raise several types for a file that is not one of ours
+        raise ValueError(f"{path} is not a controller file written by `ipdrl data generate` ({err!r}).") from None
+    return SACConfig(hidden_dims=tuple(hidden_dims)), payload["actor"], info
 
 
 class _Commander:
@@ -131,10 +162,14 @@ def generate_antmaze(config: GenerateConfig) -> Path:
     output = Path(config.output or f"{stem}.hdf5")
     work_dir = Path(config.work_dir) if config.work_dir else output.with_suffix(".work")
     started = time.perf_counter()
-    trainer, outcome = train_controller(config, output)
-    actor = outcome.state["actor"]
-    act_dim = trainer.act_dim
-    policy = jax.jit(lambda obs: deterministic_action(trainer.sac, act_dim, actor, obs))
+    if config.controller:
+        sac, actor, controller = load_controller(config.controller)
+    else:
+        sac, actor, controller = train_controller(config, output)
+    probe = antmaze.make_maze(config.env)
+    act_dim = probe.action_space.shape[0]
+    probe.close()
+    policy = jax.jit(lambda obs: deterministic_action(sac, act_dim, actor, obs))
     act = lambda inputs: np.asarray(policy(jnp.asarray(inputs)))
 
     episodes = -(-config.transitions // EPISODE_STEPS)
@@ -160,7 +195,7 @@ def generate_antmaze(config: GenerateConfig) -> Path:
         "generator": {**dataclasses.asdict(config), "recipe": f"antmaze {config.level}: SAC goal-reaching controller "
                       f"steered by waypoints over the maze's cells, 1000-step episodes, reward 1 within 0.5 of the "
                       f"evaluation goal", "transitions": n, "episodes": collected,
-                      "controller_evaluations": outcome.evaluations,
+                      "controller_file": config.controller, "controller_info": controller,
                       "evaluation_goal_reached_share": float(arrays["rewards"].reshape(collected, -1).max(1).mean()),
                       "seconds": round(time.perf_counter() - started, 1),
                       "versions": {"gymnasium": gym.__version__, "mujoco": mujoco.__version__, "jax": jax.__version__}},
@@ -174,7 +209,7 @@ def generate_antmaze(config: GenerateConfig) -> Path:
 
 
 # ---- collection checkpoints: the groups collected so far, with the settings that made them ----------------------
-_SETTINGS = ("env", "level", "seed", "controller_steps", "controller_ctrl_cost", "controller_healthy_reward",
+_SETTINGS = ("env", "level", "seed", "controller", "controller_steps", "controller_ctrl_cost", "controller_healthy_reward",
              "controller_progress_weight", "action_noise", "parallel_episodes", "hidden_dims")
 
 

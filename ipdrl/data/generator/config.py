@@ -53,6 +53,9 @@ class GenerateConfig:
     """AntMaze: the controller task's reward per step alive (Ant-v5's)."""
     controller_progress_weight: float = 10.0
     """AntMaze: the controller task's weight on its speed towards the goal (Minari's goal-reaching ant: 10)."""
+    controller: str | None = None
+    """AntMaze: steer with the controller saved at FILE (the controller.msgpack its training writes into its
+    directory) instead of training or reusing one in --controller-dir."""
     controller_dir: str | None = None
     """AntMaze: where the controller's resumable training lives (default antmaze-controller-s<seed>.work beside the output)."""
     action_noise: float = 0.2
