@@ -127,6 +127,8 @@ def test_the_same_seed_makes_the_same_antmaze_data_resumed_or_not(generated, tmp
     fresh = read_d4rl(generate(GenerateConfig(**{**config.__dict__, "transitions": 2000,
                                                   "output": str(tmp_path / "fresh.hdf5")})))
     assert (root / "controller" / "checkpoint.npz").exists()  # the controller was reused, not retrained
+    with pytest.raises(FileExistsError, match="holds an earlier collection: pass --resume"):
+        generate(config)  # the same output without --resume: refused, nothing collected is thrown away
     np.testing.assert_array_equal(fresh.observations, resumed.observations)
     np.testing.assert_array_equal(fresh.actions, resumed.actions)
 

@@ -62,6 +62,8 @@ def test_sac_replay_is_deterministic_and_resume_is_exact(tmp_path, monkeypatch):
     with pytest.raises(KeyboardInterrupt):
         gen.SACTrainer(run("cut"), tmp_path / "cut.work").train(False, 600, None)
     monkeypatch.setattr(gen.SACTrainer, "_save", original_save)
+    with pytest.raises(FileExistsError, match="holds SAC training at step .*pass --resume"):
+        gen.SACTrainer(run("cut"), tmp_path / "cut.work").train(False, 600, None)  # never starts over silently
     resumed = gen.SACTrainer(run("cut", resume=True), tmp_path / "cut.work").train(False, 600, None)
     assert resumed.replay.size == full.replay.size == 600
     for key, value in arrays(full.replay).items():

@@ -22,7 +22,6 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
-import shutil
 import time
 from pathlib import Path
 
@@ -173,8 +172,9 @@ def generate_antmaze(config: GenerateConfig) -> Path:
     act = lambda inputs: np.asarray(policy(jnp.asarray(inputs)))
 
     episodes = -(-config.transitions // EPISODE_STEPS)
-    if not config.resume:  # a fresh start: an earlier collection's groups must not be read as this one's
-        shutil.rmtree(work_dir / "collection", ignore_errors=True)
+    if not config.resume and any((work_dir / "collection").glob("*.npz")):
+        raise FileExistsError(f"{work_dir} holds an earlier collection: pass --resume to continue it, or another "
+                              f"--work-dir (or delete this one) to start over.")
     groups, collected = _load_collection(work_dir, config)
     bar = tqdm(total=episodes * EPISODE_STEPS, initial=collected * EPISODE_STEPS, desc=f"collect {stem}",
                unit="step", disable=not config.progress)

@@ -206,6 +206,10 @@ class SACTrainer:
         rng = np.random.default_rng(config.seed)
         recorder = Recorder(config.env, config.seed)
         step, evaluations, medium, reached = 0, [], None, None
+        if not config.resume and (self.work_dir / CHECKPOINT).exists():
+            done = json.loads((self.work_dir / "progress.json").read_text())["step"]
+            raise FileExistsError(f"{self.work_dir} holds SAC training at step {done}: pass --resume to continue it, "
+                                  f"or another --work-dir (or delete this one) to start over.")
         if config.resume and (self.work_dir / CHECKPOINT).exists():
             state, meta, medium, columns = self._load(state)
             recorder = Recorder(config.env, config.seed, episode=meta["episode"])
@@ -215,7 +219,9 @@ class SACTrainer:
             step, evaluations, reached = meta["step"], [tuple(e) for e in meta["evaluations"]], meta["reached_at"]
         self.work_dir.mkdir(parents=True, exist_ok=True)
         last_checkpoint = step
-        bar = tqdm(total=total_steps, initial=step, desc=f"SAC {config.env}", unit="step", disable=not config.progress)
+        goal = f" (medium at eval >= {threshold:g})" if threshold is not None else ""
+        bar = tqdm(total=total_steps, initial=step, desc=f"SAC {config.env}{goal}", unit="step",
+                   disable=not config.progress)
         while step < total_steps and not (stop_at_threshold and reached is not None):
             for _ in range(config.updates_every):
                 if step < config.start_steps:
