@@ -150,7 +150,7 @@ class AntGoalEnv(gym.Env):
                  healthy_reward: float = 1.0, progress_weight: float = 10.0):
         from gymnasium.envs.mujoco.ant_v5 import AntEnv
 
-        # the reward's weights default to Ant-v5's
+        # control cost and healthy reward default to Ant-v5's; the goal term's weight to Minari's goal-reaching ant's
         self.ant = AntEnv(exclude_current_positions_from_observation=False, include_cfrc_ext_in_observation=False,
                           ctrl_cost_weight=ctrl_cost_weight, healthy_reward=healthy_reward)
         self.min_distance, self.max_distance = min_distance, max_distance
@@ -192,7 +192,8 @@ class AntGoalEnv(gym.Env):
         before = np.linalg.norm(self.goal - self.ant.data.qpos[:2])
         ant_obs, _, terminated, truncated, info = self.ant.step(action)
         after = np.linalg.norm(self.goal - ant_obs[:2])
-        reward = (self.progress_weight * (before - after) / self.ant.dt + (0.0 if terminated else self.ant._healthy_reward)
+        progress = self.progress_weight * (before - after) / self.ant.dt
+        reward = (progress + (0.0 if terminated else self.ant._healthy_reward)
                   - self.ant._ctrl_cost_weight * float(np.square(action).sum()))
         info["reached"] = bool(after <= SUCCESS_RADIUS)
         if info["reached"]:

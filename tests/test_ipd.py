@@ -220,7 +220,8 @@ def test_stage_one_can_be_a_finished_iql_run(first_run):
     assert pipelines.evaluate_run("ipd", folder / "run-iql-run")["returns"] == results["returns"]
 
     with pytest.raises(ValueError, match="pass an `ipdrl train --algo iql` run"):
-        pipelines.train("ipd", dataclasses.replace(config, iql_run=str(folder / "run1"), run_dir=str(folder / "run-ipd")))
+        pipelines.train("ipd", dataclasses.replace(config, iql_run=str(folder / "run1"),
+                                                   run_dir=str(folder / "run-ipd")))
     other = write_d4rl(read_d4rl(data_file), folder / "other.hdf5")
     with pytest.raises(ValueError, match="not on .*other.hdf5: pass an IQL run of this dataset"):
         pipelines.train("ipd", dataclasses.replace(config, dataset=str(other), run_dir=str(folder / "run-other")))

@@ -209,8 +209,9 @@ def generate_antmaze(config: GenerateConfig) -> Path:
 
 
 # ---- collection checkpoints: the groups collected so far, with the settings that made them ----------------------
-_SETTINGS = ("env", "level", "seed", "controller", "controller_steps", "controller_ctrl_cost", "controller_healthy_reward",
-             "controller_progress_weight", "action_noise", "parallel_episodes", "hidden_dims")
+_SETTINGS = ("env", "level", "seed", "controller", "controller_steps", "controller_ctrl_cost",
+             "controller_healthy_reward", "controller_progress_weight", "action_noise", "parallel_episodes",
+             "hidden_dims")
 
 
 def _settings(config: GenerateConfig) -> dict:
