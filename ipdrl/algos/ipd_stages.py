@@ -103,13 +103,17 @@ def value_stage(settings: iql.Hyperparameters, dataset: Dataset, run_config: Run
     return state, dict(info, cached=False, trained_in=str(run.path), seconds=time.perf_counter() - started)
 
 
+def _iql_run(path: str | Path) -> Run:
+    run = Run.open(path)
+    if run.config.get("algo") != "iql":
+        raise ValueError(f"{path} is a {run.config.get('algo')!r} run; pass an `ipdrl train --algo iql` run.")
+    return run
+
+
 def load_iql_run(path: str | Path, dataset: Dataset) -> tuple[iql.Hyperparameters, dict, dict[str, Any]]:
     """The final state of a finished ``ipdrl train --algo iql`` run: (its settings, state, info)."""
-    run = Run.open(path)
-    saved = run.config
-    if saved.get("algo") != "iql":
-        raise ValueError(f"{path} is a {saved.get('algo')!r} run; pass an `ipdrl train --algo iql` run.")
-    config = config_from_json(saved, iql.Config)
+    run = _iql_run(path)
+    config = config_from_json(run.config, iql.Config)
     if not run.has_checkpoint():
         raise FileNotFoundError(f"{run.path} has no checkpoint yet: finish `ipdrl train --algo iql` first.")
     state, step = run.load_checkpoint(iql.make_learner(config, dataset).init(jax.random.PRNGKey(config.seed)))
@@ -119,10 +123,8 @@ def load_iql_run(path: str | Path, dataset: Dataset) -> tuple[iql.Hyperparameter
 
 def iql_run_settings(path: str | Path) -> iql.Hyperparameters:
     """The IQL settings of an ``ipdrl train --algo iql`` run (what its checkpoint's networks are)."""
-    saved = Run.open(path).config
-    if saved.get("algo") != "iql":
-        raise ValueError(f"{path} is a {saved.get('algo')!r} run; pass an `ipdrl train --algo iql` run.")
     fields = {f.name for f in dataclasses.fields(iql.Hyperparameters)}
+    saved = _iql_run(path).config
     return config_from_json({k: v for k, v in saved.items() if k in fields}, iql.Hyperparameters)
 
 
