@@ -123,6 +123,25 @@ def test_loss_mask_keeps_masked_steps_as_context_only():
         dt.make_learner(dt.Config(**TINY), dataset, loss_mask=learn[:-1])
 
 
+def test_critic_action_weights_weight_each_steps_imitation_error():
+    dataset = short_episode_dataset(length=6)
+    learn = dataset.actions[:, 0] > 0
+    indicator = dt.Critic(state={}, q_value=lambda s, o, a: -(a ** 2).sum(-1), value=lambda s, o: o.sum(-1),
+                          action_weight=lambda s, o, a: (a[..., 0] > 0).astype(jnp.float32))
+    scaled = indicator._replace(action_weight=lambda s, o, a: 7.0 * (a[..., 0] > 0))
+    masked = dt.make_learner(dt.Config(**TINY), dataset, loss_mask=learn)
+    state = masked.init(jax.random.PRNGKey(0))
+    batch = masked.sample(to_device(masked.fields), jax.random.PRNGKey(1))
+    _, expected = jax.jit(masked.update)(state, batch, jax.random.PRNGKey(2))
+    # 0/1 weights are a loss mask, and the weights' scale does not matter (a weighted mean).
+    for critic in (indicator, scaled):
+        learner = dt.make_learner(dt.Config(**TINY), dataset, critic=critic)
+        unmasked = {k: v for k, v in batch.items() if k != "learn"}
+        _, metrics = jax.jit(learner.update)(dict(state, critic={}), unmasked, jax.random.PRNGKey(2))
+        for name in ("train/action_mse", "train/grad_norm"):
+            np.testing.assert_allclose(metrics[name], expected[name], rtol=1e-5)
+
+
 def test_dt_learns_a_predictable_mapping():
     dataset = synthetic_dataset(episodes=8, length=30, obs_dim=4, act_dim=2)
     weights = np.random.default_rng(1).normal(size=(4, 2)).astype(np.float32)

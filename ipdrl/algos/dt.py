@@ -155,6 +155,7 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
     opt = optimizer(config)
     stats = observation_stats(dataset, config.normalize_observations)
     finetune = critic.finetune if critic is not None else None
+    weighted = critic.action_weight if critic is not None else None
 
     fields = {
         **segment_fields(dataset),
@@ -217,10 +218,14 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
         q_value = ((lambda actions: own_critic.q(own_state, obs, actions)) if own_critic is not None
                    else (lambda actions: critic.q_value(critic_state, batch["observations"], actions)))
 
+        # A weighted mean, so that alpha keeps its meaning whatever the weights' scale.
+        weighted_mask = mask if weighted is None else mask * critic.action_weight(
+            critic_state, batch["observations"], batch["actions"])
+
         def loss_fn(params):
             predicted = model.apply(params, batch["returns"], obs, batch["actions"], batch["timesteps"], train=True,
                                     rngs={"dropout": dropout_key})
-            mse = masked_mean(((predicted - batch["actions"]) ** 2).mean(-1), mask)
+            mse = masked_mean(((predicted - batch["actions"]) ** 2).mean(-1), weighted_mask)
             if alpha <= 0:
                 return mse, {"train/action_mse": mse}
             guidance = value_guidance(q_value(predicted), mask)

@@ -96,6 +96,10 @@ class Config(RunConfig, dt.Hyperparameters):
     """Classic mode with undiscounted tokens (--return-discount 1): the first step's target in the environment's
     reward units, like DT's --target-return, converted to V's units with IQL's reward scale. The locomotion presets
     set DT's own targets, so that conditioning like DT asks for what DT asks for."""
+    action_weighting: Literal["none", "advantage"] = "none"
+    """'advantage': weight each action's imitation error by the critic's AWR weight exp(temperature * (Q - V))
+    of that action (IQL's --iql.temperature and --iql.max-weight), so that the transformer imitates what IQL's
+    actor imitates, Q judging only the data's actions; 'none': every action alike (the method)."""
     finetune_critic: bool = False
     """Keep training the critic (IQL's losses) on D_aug alongside the policy; default: frozen."""
     guidance_critic: Literal["iql", "own"] = "iql"
@@ -122,6 +126,8 @@ class Config(RunConfig, dt.Hyperparameters):
         require(self.rtg_mode in RTG_MODES, f"unknown --rtg-mode {self.rtg_mode!r}: use 'value' or 'classic'.")
         require(self.return_relabel in ("none", "max-value"),
                 f"unknown --return-relabel {self.return_relabel!r}: use 'none' or 'max-value'.")
+        require(self.action_weighting in ("none", "advantage"),
+                f"unknown --action-weighting {self.action_weighting!r}: use 'none' or 'advantage'.")
         require(self.guidance_critic in ("iql", "own"),
                 f"unknown --guidance-critic {self.guidance_critic!r}: use 'iql' or 'own'.")
         require(self.alpha >= 0, f"--alpha must be >= 0, got {self.alpha}.")
@@ -175,7 +181,9 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
         critic_state = {k: iql_state[k] for k in ("critic_target", "value", "value_high", "obs_stats", "reward_scale")
                         if k in iql_state}
     critic = dt.Critic(state=critic_state, q_value=functools.partial(iql.q_value, config.iql),
-                       value=functools.partial(iql.planning_value, config.iql), finetune=finetune)
+                       value=functools.partial(iql.planning_value, config.iql), finetune=finetune,
+                       action_weight=(functools.partial(iql.awr_weight, config.iql)
+                                      if config.action_weighting == "advantage" else None))
     own = WindowCritic(config.own_critic, config.iql.discount) if config.guidance_critic == "own" else None
     return dt.make_learner(config, data, returns, critic, config.alpha, loss_mask=loss_mask(data, config.loss_on),
                            own_critic=own)

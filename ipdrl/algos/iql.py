@@ -102,6 +102,12 @@ def planning_value(config: Hyperparameters, state: dict, obs: jax.Array) -> jax.
     return value_net.apply(state.get("value_high", state["value"]), normalize(obs, state["obs_stats"]))
 
 
+def awr_weight(config: Hyperparameters, state: dict, obs: jax.Array, action: jax.Array) -> jax.Array:
+    """IQL's actor weight of a data action: exp(temperature * (Q - V)), clipped at ``max_weight``."""
+    return jnp.minimum(jnp.exp(config.temperature * (q_value(config, state, obs, action) - value(config, state, obs))),
+                       config.max_weight)
+
+
 def awr_distribution(config: Hyperparameters, state: dict, obs: jax.Array, act_dim: int) -> tuple[jax.Array, jax.Array]:
     """(mean, log_std) of the AWR policy (the MPC proposal prior in IPD)."""
     _, _, actor = networks(config, act_dim)

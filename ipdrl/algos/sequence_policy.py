@@ -43,13 +43,16 @@ class Critic(NamedTuple):
     ``value(state, obs)`` sets dynamic return tokens (both in return units, raw observations in).
 
     ``finetune``: a learner whose ``update`` keeps training ``state`` on its own batches (its ``fields``, its
-    ``sample``) at every policy update; None keeps the critic frozen.
+    ``sample``) at every policy update; None keeps the critic frozen. ``action_weight(state, obs, actions)``: when
+    given, each data action's imitation error is weighted by it (e.g. IQL's AWR weight, so that the sequence policy
+    imitates the actions the critic rates above its value, as IQL's own actor does).
     """
 
     state: Any
     q_value: Callable[[Any, jax.Array, jax.Array], jax.Array]
     value: Callable[[Any, jax.Array], jax.Array]
     finetune: Learner | None = None
+    action_weight: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None
 
 
 def sequence_policy(model: DecisionTransformer, length: int, return_scale: float, returns: ReturnTokens,
