@@ -155,7 +155,7 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
     opt = optimizer(config)
     stats = observation_stats(dataset, config.normalize_observations)
     finetune = critic.finetune if critic is not None else None
-    weighted = critic.action_weight if critic is not None else None
+    action_weight = critic.action_weight if critic is not None else None
 
     fields = {
         **segment_fields(dataset),
@@ -219,7 +219,7 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
                    else (lambda actions: critic.q_value(critic_state, batch["observations"], actions)))
 
         # A weighted mean, so that alpha keeps its meaning whatever the weights' scale.
-        weighted_mask = mask if weighted is None else mask * critic.action_weight(
+        weighted_mask = mask if action_weight is None else mask * action_weight(
             critic_state, batch["observations"], batch["actions"])
 
         def loss_fn(params):
