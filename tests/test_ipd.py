@@ -15,6 +15,7 @@ from ipdrl import augmentation, pipelines, presets
 from ipdrl.algos import dt, iql, ipd, ipd_stages
 from ipdrl.config import config_from_json
 from ipdrl.data.d4rl import read_d4rl, write_d4rl
+from ipdrl.data.dataset import to_device
 from ipdrl.runs import Run
 from ipdrl.training import fit
 
@@ -187,6 +188,27 @@ def test_critic_finetuning_trains_the_critic_alongside_the_policy(first_run):
     for key in ("critic", "critic_target", "value"):
         before, after = jax.tree_util.tree_leaves(iql_state[key])[0], jax.tree_util.tree_leaves(state["critic"][key])[0]
         assert not np.allclose(before, after), key
+
+
+def test_advantage_weighting_weights_imitation_by_the_critics_awr_weights(first_run):
+    folder, _, _ = first_run
+    config = tiny_config(folder)
+    iql_state, data, labels, timesteps, _ = ipd.training_data(config, read_d4rl(config.dataset),
+                                                              Run.create(folder / "run5", {}), None)
+
+    def first_loss(config: ipd.Config) -> float:
+        learner = ipd.policy_learner(config, data, iql_state, labels, timesteps)
+        batch = learner.sample(to_device(learner.fields), jax.random.PRNGKey(1))
+        return float(jax.jit(learner.update)(learner.init(jax.random.PRNGKey(0)), batch, jax.random.PRNGKey(2))[1]
+                     ["train/action_mse"])
+
+    weighted = dataclasses.replace(config, action_weighting="advantage")
+    # IQL's temperature 0 weighs every action alike: the plain loss; its own temperature does not.
+    flat = dataclasses.replace(weighted, iql=dataclasses.replace(config.iql, temperature=0.0))
+    assert first_loss(flat) == pytest.approx(first_loss(config), rel=1e-6)
+    assert first_loss(weighted) != pytest.approx(first_loss(config), rel=1e-3)
+    with pytest.raises(ValueError, match="action-weighting"):
+        tiny_config(folder, action_weighting="awr")
 
 
 def test_conditioning_like_dt_asks_for_dts_target_in_v_units():
