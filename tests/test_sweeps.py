@@ -122,6 +122,8 @@ def test_a_sweep_with_a_killed_worker_completes_to_the_results_of_an_uninterrupt
     aggregates = json.loads((killed / "docs" / "tiny.json").read_text())["aggregates"]
     assert {a["dataset"] for a in aggregates["paired"]} == {"embedded", "all"}
     assert "| iql |" in (killed / "docs" / "tiny.md").read_text()
+    command = json.loads((killed / "docs" / "tiny.json").read_text())["command"]
+    assert command.startswith("ipdrl sweep ") and "--docs docs" in command and "--no-progress" not in command
 
 
 def test_a_table_is_not_rewritten_where_that_would_drop_results(tmp_path):

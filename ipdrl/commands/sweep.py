@@ -74,7 +74,8 @@ def main(argv: list[str]) -> int:
         rows = [sweeps.run_row(task) for task in sweeps.tasks(sweep) if task.done()]
     else:
         rows, failures = sweeps.run(sweep, args.scheduler, args.workers, args.progress)
-    command = "ipdrl sweep " + shlex.join(argv)
+    # The command that makes this table: what only changes how it is shown or checked is left out.
+    command = "ipdrl sweep " + shlex.join(a for a in argv if a not in ("--report-only", "--no-progress", "--overwrite"))
     problem = None if args.overwrite else tables.overwrite_problem(sweep, rows, args.docs)
     if problem is None:
         tables.write_report(sweep, rows, args.docs, command)
