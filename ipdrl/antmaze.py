@@ -4,7 +4,9 @@ controller on, and a waypoint planner over the maze's cells.
 **Observations** are D4RL's 29 numbers: the ant's x, y and the rest of its state (``include_cfrc_ext_in_observation
 =False``: qpos without x, y (13) and qvel (14)), without the goal. gymnasium-robotics observes a dict (state,
 achieved goal, desired goal); :class:`AntMazeTask` flattens it and fixes each maze's evaluation start and goal cells
-(D4RL's), so that a policy that never sees the goal can be scored.
+(D4RL's), so that a policy that never sees the goal can be scored. The evaluation goal is the goal cell's centre in
+every episode, as the data's reward is (gymnasium-robotics would jitter it by up to a quarter cell each way, which
+no policy that never sees the goal can follow); the start keeps the env's jitter.
 
 **Reward and termination** are D4RL's: 1 within 0.5 of the goal (gymnasium-robotics: 0.45). Evaluation episodes
 end at the goal, so an episode's return is its success (0 or 1) and the normalised score is the success rate x 100.
@@ -122,8 +124,12 @@ class AntMazeTask(gym.Wrapper):
         self.observation_space = gym.spaces.Box(-np.inf, np.inf, (29,), np.float32)
 
     def reset(self, *, seed=None, options=None):
+        evaluation = options is None
         options = options or {"reset_cell": np.array(self.layout.start), "goal_cell": np.array(self.layout.goal)}
         observation, info = self.env.reset(seed=seed, options=options)
+        if evaluation:  # D4RL's goal is one fixed point, the one the data is rewarded at: not re-jittered per episode
+            self.env.unwrapped.goal = self.layout.cell_xy(self.layout.goal)
+            self.env.unwrapped.update_target_site_pos()
         return flat_observation(observation), info
 
     def step(self, action):
