@@ -8,9 +8,9 @@
 Stage 4 minimises ``MSE(a_hat, a) - alpha * Q(s, a_hat) / mean|Q|`` (Q: IQL's twin-min target critic, frozen
 unless ``finetune_critic``, which keeps training it with IQL's losses on D_aug); ``--action-weighting advantage``
 makes the MSE a mean weighted by IQL's AWR weight of each data action, exp(temperature * (Q(s, a) - V(s))), so that
-the imitation anchor is the actions the critic rates above their state's value (Q judged at data actions only). Its return tokens are the
-discounted return-to-go in V's units (imagined segments bootstrapped with V at their end), divided by
-``return_scale``. Acting, the token at every step is ``value_factor * V(s_t)`` ("dynamic RTG"); ``--rtg-mode
+the imitation anchor is the actions the critic rates above their state's value (Q judged at data actions only). Its
+return tokens are the discounted return-to-go in V's units (imagined segments bootstrapped with V at their end),
+divided by ``return_scale``. Acting, the token at every step is ``value_factor * V(s_t)`` ("dynamic RTG"); ``--rtg-mode
 classic`` instead asks for a fixed target and decrements it by the observed (scaled) rewards.
 
 Ablations: ``--augment.ratio 0`` (no augmentation: stages 2-3 skipped, labels from the real data),
