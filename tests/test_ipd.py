@@ -194,7 +194,7 @@ def test_advantage_weighting_weights_imitation_by_the_critics_awr_weights(first_
     folder, _, _ = first_run
     config = tiny_config(folder)
     iql_state, data, labels, timesteps, _ = ipd.training_data(config, read_d4rl(config.dataset),
-                                                              Run.create(folder / "run5", {}), None)
+                                                              Run.create(folder / "weighted", {}), None)
 
     def first_loss(config: ipd.Config) -> float:
         learner = ipd.policy_learner(config, data, iql_state, labels, timesteps)
