@@ -102,10 +102,14 @@ def planning_value(config: Hyperparameters, state: dict, obs: jax.Array) -> jax.
     return value_net.apply(state.get("value_high", state["value"]), normalize(obs, state["obs_stats"]))
 
 
+def advantage_weight(config: Hyperparameters, advantage: jax.Array) -> jax.Array:
+    """IQL's actor weight of an advantage: exp(temperature * advantage), clipped at ``max_weight``."""
+    return jnp.minimum(jnp.exp(config.temperature * advantage), config.max_weight)
+
+
 def awr_weight(config: Hyperparameters, state: dict, obs: jax.Array, action: jax.Array) -> jax.Array:
-    """IQL's actor weight of a data action: exp(temperature * (Q - V)), clipped at ``max_weight``."""
-    return jnp.minimum(jnp.exp(config.temperature * (q_value(config, state, obs, action) - value(config, state, obs))),
-                       config.max_weight)
+    """IQL's actor weight of a data action under a trained state: exp(temperature * (Q - V)), clipped."""
+    return advantage_weight(config, q_value(config, state, obs, action) - value(config, state, obs))
 
 
 def awr_distribution(config: Hyperparameters, state: dict, obs: jax.Array, act_dim: int) -> tuple[jax.Array, jax.Array]:
@@ -161,7 +165,7 @@ def make_learner(config: Hyperparameters, dataset: Dataset) -> Learner:
         v = value.aux
 
         # Actor: AWR with the pre-update value (as in the official code).
-        weights = jnp.minimum(jnp.exp(config.temperature * (target_q - v)), config.max_weight)
+        weights = advantage_weight(config, target_q - v)
 
         def actor_loss_fn(params):
             mean, log_std = actor.apply(params, obs, train=True, rngs={"dropout": key})
