@@ -2,7 +2,10 @@
 
 Each :class:`~ipdrl.algos.Algorithm` has ``budgets = {"tiny": {...}, "cpu": {...}, "paper": {...}}`` and
 ``presets = {"hopper": {...}, "hopper-medium-replay": {...}}`` (family, then exact dataset; the more specific
-wins); nested stage settings are dicts that merge key by key. Command-line flags override everything here.
+wins); nested stage settings are dicts that merge key by key. A key with ``@budget`` (``"antmaze@cpu"``) applies at
+that budget only, after the key without it: a domain whose learning curve plateaus later (AntMaze's sparse reward)
+gets its own training length at ``cpu`` while its ``tiny`` runs stay tiny. Command-line flags override everything
+here.
 """
 
 from __future__ import annotations
@@ -71,11 +74,12 @@ def overrides(algorithm: Any, dataset: str, budget: str) -> dict[str, Any]:
     presets = algorithm.presets
     key = dataset_key(dataset)
     family = dataset_family(dataset)
-    if family is not None:
-        if budget != "tiny":
-            _merge(merged, COMMON_PRESETS.get(family.name, {}))
-        _merge(merged, presets.get(family.name, {}))
-    _merge(merged, presets.get(key, {}))
+    names = ([family.name] if family is not None else []) + [key]
+    if family is not None and budget != "tiny":
+        _merge(merged, COMMON_PRESETS.get(family.name, {}))
+    for name in names:
+        _merge(merged, presets.get(name, {}))
+        _merge(merged, presets.get(f"{name}@{budget}", {}))
     return merged
 
 

@@ -156,11 +156,15 @@ def test_antmaze_presets_are_the_papers():
     umaze = "antmaze-umaze"
     iql = presets.make_config(get_algorithm("iql"), umaze, "cpu")
     assert (iql.expectile, iql.temperature, iql.reward_mode, iql.eval_episodes) == (0.9, 10.0, "antmaze", 100)
+    assert iql.steps == 400_000  # AntMaze's own cpu budget (its values propagate slowly)
+    ipd = presets.make_config(get_algorithm("ipd"), umaze, "cpu")
+    assert (ipd.iql.steps, ipd.iql.expectile) == (400_000, 0.9)
     rebrac = presets.make_config(get_algorithm("rebrac"), "antmaze-medium-diverse", "cpu")
     assert (rebrac.discount, rebrac.actor_bc, rebrac.critic_bc, rebrac.critic_lr) == (0.999, 0.001, 0.0, 5e-5)
     dt = presets.make_config(get_algorithm("dt"), umaze, "cpu")
     assert (dt.target_return, dt.return_scale) == (1.0, 1.0)
-    assert presets.make_config(get_algorithm("iql"), umaze, "tiny").eval_episodes == 2  # tiny stays quick
+    tiny = presets.make_config(get_algorithm("iql"), umaze, "tiny")
+    assert (tiny.eval_episodes, tiny.steps) == (2, 200)  # tiny stays quick
 
 
 @pytest.mark.parametrize("algo", ["iql", "rebrac", "dt", "ipd"])

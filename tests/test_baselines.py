@@ -83,6 +83,17 @@ def test_presets_pick_per_dataset_betas_and_iql_domains():
         2.5, 256, (256, 256), 0.0, False)
 
 
+def test_budget_keyed_presets_apply_at_their_budget_only(monkeypatch):
+    monkeypatch.setitem(iql.PRESETS, "antmaze@cpu", dict(steps=123_000))
+    monkeypatch.setitem(iql.PRESETS, "antmaze-umaze@cpu", dict(eval_every=5000))
+    umaze, medium = make_config(iql, "antmaze-umaze", "cpu"), make_config(iql, "antmaze-medium-diverse", "cpu")
+    assert (umaze.steps, umaze.eval_every, umaze.expectile) == (123_000, 5000, 0.9)  # family, then dataset, merge
+    assert (medium.steps, medium.eval_every) == (123_000, 0)
+    assert make_config(iql, "antmaze-umaze", "tiny").steps == 200  # tiny stays tiny
+    assert make_config(iql, "antmaze-umaze", "cpu", steps=7).steps == 7  # flags still win
+    assert make_config(iql, "hopper-medium-replay", "cpu").steps == iql.BUDGETS["cpu"]["steps"]
+
+
 # ---- learning -----------------------------------------------------------------------------------------------
 def test_bc_fits_a_linear_policy():
     dataset = synthetic_dataset(episodes=8, length=100, seed=1)
