@@ -82,3 +82,22 @@ def test_the_command_line_takes_seed_and_seeds(tmp_path, capsys):
     assert main(["train", "--algo", "bc", "--budget", "tiny", "--seeds", "4", "5", "--eval-episodes", "1",
                  "--no-progress", "--run-dir", str(tmp_path / "bc-s{seed}")]) == 0
     assert [json.loads((tmp_path / f"bc-s{s}" / "results.json").read_text())["seed"] for s in (4, 5)] == [4, 5]
+
+
+def test_eval_save_replaces_the_results_and_keeps_the_old_score(tmp_path, capsys):
+    from ipdrl.commands import main
+
+    run = tmp_path / "bc"
+    assert main(["train", "--algo", "bc", "--budget", "tiny", "--eval-episodes", "1", "--no-progress",
+                 "--run-dir", str(run)]) == 0
+    before = json.loads((run / "results.json").read_text())
+    assert main(["eval", str(run), "--episodes", "2"]) == 0  # without --save, results.json is untouched
+    assert json.loads((run / "results.json").read_text()) == before
+    assert main(["eval", str(run), "--episodes", "2", "--save"]) == 0
+    after = json.loads((run / "results.json").read_text())
+    assert (after["episodes"], after["train_seconds"], after["seed"]) == (2, before["train_seconds"], before["seed"])
+    assert len(after["returns"]) == 2 and after["replaced"]["episodes"] == 1
+    (run / "results.json").unlink()
+    with pytest.raises(SystemExit):
+        main(["eval", str(run), "--save"])
+    assert "no results.json" in capsys.readouterr().err

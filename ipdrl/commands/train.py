@@ -78,9 +78,19 @@ def eval_main(argv: list[str]) -> int:
     parser.add_argument("run_dir")
     parser.add_argument("--episodes", type=int, default=None)
     parser.add_argument("--eval-seed", type=int, default=None)
+    parser.add_argument("--save", action="store_true",
+                        help="replace the run's results.json with this evaluation (after a fix to evaluation, so "
+                             "that sweeps and tables read the new score); the old score is kept as `replaced`")
     args = parser.parse_args(argv)
-    algorithm = get_algorithm(Run.open(args.run_dir).config["algo"])
-    print(json.dumps(_summary(evaluate_run(algorithm, args.run_dir, args.episodes, args.eval_seed)), indent=2))
+    run = Run.open(args.run_dir)
+    algorithm = get_algorithm(run.config["algo"])
+    results = evaluate_run(algorithm, args.run_dir, args.episodes, args.eval_seed)
+    if args.save:
+        if not (run.path / "results.json").is_file():
+            parser.error(f"{run.path} has no results.json: finish the run with `ipdrl train ... --resume` first.")
+        old = run.results()
+        run.save_results({**old, **results, "replaced": _summary(old)})
+    print(json.dumps(_summary(results), indent=2))
     return 0
 
 
