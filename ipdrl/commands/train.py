@@ -84,10 +84,10 @@ def eval_main(argv: list[str]) -> int:
     args = parser.parse_args(argv)
     run = Run.open(args.run_dir)
     algorithm = get_algorithm(run.config["algo"])
+    if args.save and not (run.path / "results.json").is_file():
+        parser.error(f"{run.path} has no results.json: finish the run with `ipdrl train ... --resume` first.")
     results = evaluate_run(algorithm, args.run_dir, args.episodes, args.eval_seed)
     if args.save:
-        if not (run.path / "results.json").is_file():
-            parser.error(f"{run.path} has no results.json: finish the run with `ipdrl train ... --resume` first.")
         old = run.results()
         run.save_results({**old, **results, "replaced": _summary(old)})
     print(json.dumps(_summary(results), indent=2))
