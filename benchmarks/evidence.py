@@ -64,20 +64,6 @@ def run_logged(command: list[str], log_path: Path, what: str, one_core: bool, ta
 
 
 # ---- learning curves -------------------------------------------------------------------------------------------
-def plateau(steps: list[int], scores: list[float], within: float = 0.9) -> int | None:
-    """The first evaluation step from which the running mean of the last three evaluations stays within ``within``
-    of the curve's best running mean: where more updates stop paying."""
-    if len(scores) < 3:
-        return None
-    smooth = [sum(scores[max(0, i - 2):i + 1]) / len(scores[max(0, i - 2):i + 1]) for i in range(len(scores))]
-    best = max(smooth)
-    floor = best - (1 - within) * abs(best)
-    for i in range(len(smooth)):
-        if all(value >= floor for value in smooth[i:]):
-            return steps[i]
-    return steps[-1]
-
-
 def curves_report() -> None:
     """``docs/evidence/curves.json`` (every evaluation of every curve run), one plot per dataset, ``curves.md``."""
     import matplotlib
@@ -87,6 +73,7 @@ def curves_report() -> None:
 
     from ipdrl import sweeps
     from ipdrl.runs import Run
+    from ipdrl.statistics import plateau
 
     sweep = sweeps.load(SWEEPS / "curves.toml")
     curves = []
@@ -102,19 +89,31 @@ def curves_report() -> None:
             curves.append({"method": task.method, "dataset": task.dataset, "seed": task.seed, "finished": task.done(),
                            "steps": [p[0] for p in points], "scores": [p[1] for p in points],
                            "command": " ".join(task.command[2:])})
-    for curve in curves:
-        curve["plateau_step"] = plateau(curve["steps"], curve["scores"]) if curve["finished"] else None
-    (DOCS / "curves.json").write_text(json.dumps({"table": "curves", "command": making_command(), "curves": curves},
-                                                 indent=1) + "\n")
+    plateaus = []
+    for method, dataset in sorted({(c["method"], c["dataset"]) for c in curves}):
+        done = [c for c in curves if (c["method"], c["dataset"]) == (method, dataset) and c["finished"]]
+        fit = plateau([s for c in done for s in c["steps"]], [v for c in done for v in c["scores"]]) if done else None
+        if fit is not None:
+            plateaus.append({"method": method, "dataset": dataset, "seeds": [c["seed"] for c in done],
+                             "updates": max(done[0]["steps"]), **fit})
+    (DOCS / "curves.json").write_text(json.dumps({"table": "curves", "command": making_command(), "curves": curves,
+                                                  "plateaus": plateaus}, indent=1) + "\n")
     lines = ["# curves", "", f"Made by `{making_command()}` (runs: `ipdrl sweep benchmarks/sweeps/curves.toml`). "
              "Normalised score (D4RL reference table) of the checkpoint at every evaluation, 10 episodes; the last "
-             "point is the final checkpoint. Plateau: the first evaluation from which the mean of the last three "
-             "stays within 10% of the best such mean.", "",
-             "| method | dataset | seed | updates | final | best (step) | plateau step |", "|---|---|---|---|---|---|---|"]
+             "point is the final checkpoint.", "",
+             "| method | dataset | seed | updates | final | best (step) |", "|---|---|---|---|---|---|"]
     for c in curves:
         best = max(range(len(c["scores"])), key=c["scores"].__getitem__)
         lines.append(f"| {c['method']} | {c['dataset']} | {c['seed']} | {c['steps'][-1]}{'' if c['finished'] else ' (running)'} "
-                     f"| {c['scores'][-1]:.1f} | {c['scores'][best]:.1f} ({c['steps'][best]}) | {c['plateau_step'] or '—'} |")
+                     f"| {c['scores'][-1]:.1f} | {c['scores'][best]:.1f} ({c['steps'][best]}) |")
+    lines += ["", "Plateau (finished curves, seeds pooled): the least-squares fit of score = a + b·min(step, τ) over "
+              "every evaluation (`ipdrl.statistics.plateau`). τ is where the fitted rise ends; noise is the residual "
+              "spread of one evaluation about the fit. A rise within two standard errors of zero counts as flat "
+              "from the first evaluation.", "",
+              "| method | dataset | seeds | updates | fitted rise ± s.e. | noise (1 eval) | plateau step |",
+              "|---|---|---|---|---|---|---|"]
+    lines += [f"| {p['method']} | {p['dataset']} | {', '.join(map(str, p['seeds']))} | {p['updates']} | {p['rise']:.1f} ± {p['rise_error']:.1f} "
+              f"| {p['noise']:.1f} | {p['step']}{' (flat)' if p['flat'] else ''} |" for p in plateaus]
     (DOCS / "curves.md").write_text("\n".join(lines) + "\n")
     for dataset in sorted({c["dataset"] for c in curves}):
         fig, ax = plt.subplots(figsize=(7, 4))

@@ -5,6 +5,7 @@
   the seeds of each dataset are resampled on their own, and the statistic is taken over all resampled scores, so
   an aggregate over datasets weighs each dataset by its runs without mixing seeds across datasets.
 - :func:`paired_difference`: method A minus method B on the same dataset and seed, with its interval.
+- :func:`plateau`: where a noisy learning curve stops rising (a least-squares "rise, then flat" fit).
 
 Fewer than two seeds in a stratum give no interval (NaN): one run says nothing about seed noise.
 """
@@ -67,3 +68,30 @@ def paired_difference(a: Scores, b: Scores, seed: int = 0) -> dict[str, float | 
     pooled = np.concatenate(list(differences.values()))
     return {"runs": int(len(pooled)), "mean": float(pooled.mean()), "mean_ci": list(interval(differences, "mean",
                                                                                                seed=seed))}
+
+
+def plateau(steps: Sequence[int], scores: Sequence[float]) -> dict[str, float | int | bool] | None:
+    """Where a learning curve stops rising, read through evaluation noise.
+
+    Fits score = a + b * min(step, tau) by least squares for every tau on the evaluation grid (pass the points of
+    several seeds together to pool them) and keeps the best fit. Returns its ``step`` (tau), the fitted ``rise``
+    (b * tau) with its standard error, and the ``noise`` (residual spread of one evaluation); a rise within two
+    standard errors of zero is ``flat``, with ``step`` the first evaluation. Single checkpoints of offline RL swing by tens of points, so a rule such as "the
+    first evaluation that stays within x% of the best" names the last one; the fit averages the swings instead.
+    None with fewer than four distinct steps."""
+    x, y = np.asarray(steps, float), np.asarray(scores, float)
+    grid = sorted(set(int(s) for s in steps))
+    if len(grid) < 4:
+        return None
+    fits = []
+    for tau in grid:
+        design = np.stack([np.ones_like(x), np.minimum(x, tau)], axis=1)
+        coef = np.linalg.lstsq(design, y, rcond=None)[0]
+        sse = float(((design @ coef - y) ** 2).sum())
+        fits.append((sse, tau, coef[1] * tau, design))
+    sse, tau, rise, design = min(fits, key=lambda fit: fit[0])
+    noise = (sse / max(len(y) - 3, 1)) ** 0.5
+    rise_error = tau * noise * np.linalg.pinv(design.T @ design)[1, 1] ** 0.5
+    flat = bool(rise < 2 * rise_error)
+    return {"step": grid[0] if flat else tau, "rise": float(rise), "rise_error": float(rise_error),
+            "noise": noise, "flat": flat}

@@ -42,6 +42,17 @@ def test_paired_difference_is_per_seed():
     assert diff["mean"] == pytest.approx(2.5 / 3) and diff["mean_ci"][0] > 0  # every seed is better
 
 
+def test_plateau_reads_a_noisy_curve_where_it_stops_rising():
+    rng = np.random.default_rng(0)
+    steps = list(range(10_000, 210_000, 10_000)) * 2  # two seeds, pooled
+    rising = [60 * min(s, 80_000) / 80_000 + rng.normal(0, 12) for s in steps]  # swings as wide as real checkpoints
+    fit = statistics.plateau(steps, rising)
+    assert not fit["flat"] and 50_000 <= fit["step"] <= 120_000 and fit["rise"] == pytest.approx(60, abs=15)
+    flat = statistics.plateau(steps, [20 + rng.normal(0, 12) for _ in steps])
+    assert flat["flat"] and flat["step"] == 10_000
+    assert statistics.plateau([1, 2, 3], [1.0, 2.0, 3.0]) is None  # too few evaluations to say
+
+
 def test_a_sweep_file_is_checked(tmp_path):
     path = tmp_path / "s.toml"
     path.write_text('name = "x"\ndatasets = ["embedded"]\nseeds = [0]\n[[methods]]\nname = "a"\nalgo = "bc"\n'
