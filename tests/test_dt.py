@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -301,6 +303,12 @@ def test_cosine_schedule_ends_at_zero_and_ema_weights_are_what_the_policy_acts_w
                                                      jax.tree_util.tree_leaves(state["ema_params"])))
     assert not all(np.array_equal(a, b) for a, b in zip(jax.tree_util.tree_leaves(state["ema_params"]),
                                                          jax.tree_util.tree_leaves(state["params"])))
+    # A long average (over ~10k updates) after 40 holds no trace of the random initial weights: it forgets fast early.
+    long = dt.make_learner(dataclasses.replace(config, ema=0.9999), dataset)
+    initial, trained = long.init(jax.random.PRNGKey(0)), fit(long, 40, seed=0, log_every=20)
+    distance = lambda a, b: sum(float(jnp.abs(x - y).sum()) for x, y in zip(jax.tree_util.tree_leaves(a),
+                                                                            jax.tree_util.tree_leaves(b)))
+    assert distance(trained["ema_params"], trained["params"]) < 0.2 * distance(trained["ema_params"], initial["params"])
     # The schedule itself: warm-up to the peak, then cosine down to zero at the last update.
     rates = []
     probe = dt.optimizer(config)

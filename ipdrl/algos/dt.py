@@ -57,8 +57,9 @@ class Hyperparameters(FitConfig):
     """After the warm-up: 'constant' (CORL), or 'cosine' decay to zero at the last update (a final checkpoint that
     holds still)."""
     ema: float = 0.0
-    """Decay of an exponential moving average of the weights that the policy acts with (e.g. 0.999); 0: the
-    weights themselves."""
+    """Decay of an exponential moving average of the weights that the policy acts with (e.g. 0.999, an average
+    over about the last 1/(1 - ema) updates; at update t the decay is at most (1 + t) / (10 + t)); 0: the weights
+    themselves."""
     grad_clip: float = 0.25
     """Global gradient-norm clip."""
     return_scale: float = 1000.0
@@ -234,7 +235,11 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
         step = gradient_step(loss_fn, opt, state["params"], state["opt"], has_aux=True)
         new_state = dict(state, params=step.params, opt=step.opt_state)
         if config.ema:
-            new_state["ema_params"] = polyak(state["ema_params"], step.params, 1.0 - config.ema)
+            # The average starts at the random initial weights: early on it forgets faster (TensorFlow's
+            # ExponentialMovingAverage with num_updates), so that a long average holds no trace of them.
+            count = optax.tree_utils.tree_get_all_with_path(state["opt"], "count")[0][1]
+            decay = jnp.minimum(config.ema, (1.0 + count) / (10.0 + count))
+            new_state["ema_params"] = polyak(state["ema_params"], step.params, 1.0 - decay)
         if finetune is not None:
             new_state["critic"] = critic_state
         if own_critic is not None:
