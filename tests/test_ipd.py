@@ -207,8 +207,14 @@ def test_advantage_weighting_weights_imitation_by_the_critics_awr_weights(first_
     flat = dataclasses.replace(weighted, iql=dataclasses.replace(config.iql, temperature=0.0))
     assert first_loss(flat) == pytest.approx(first_loss(config), rel=1e-6)
     assert first_loss(weighted) != pytest.approx(first_loss(config), rel=1e-3)
+    # --weight-temperature overrides stage 1's temperature for this weight only.
+    assert first_loss(dataclasses.replace(weighted, weight_temperature=0.0)) == pytest.approx(first_loss(config), rel=1e-6)
+    assert first_loss(dataclasses.replace(weighted, weight_temperature=config.iql.temperature)) == pytest.approx(
+        first_loss(weighted), rel=1e-6)
     with pytest.raises(ValueError, match="action-weighting"):
         tiny_config(folder, action_weighting="awr")
+    with pytest.raises(ValueError, match="weight-temperature"):
+        tiny_config(folder, weight_temperature=-1.0)
 
 
 def test_conditioning_like_dt_asks_for_dts_target_in_v_units():

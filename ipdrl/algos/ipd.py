@@ -102,6 +102,9 @@ class Config(RunConfig, dt.Hyperparameters):
     """'advantage': weight each action's imitation error by the critic's AWR weight exp(temperature * (Q - V))
     of that action (IQL's --iql.temperature and --iql.max-weight), so that the transformer imitates what IQL's
     actor imitates, Q judging only the data's actions; 'none': every action alike (the method)."""
+    weight_temperature: float | None = None
+    """Inverse temperature of --action-weighting advantage's weight exp(temperature * (Q - V)); default: stage 1's
+    --iql.temperature (with --iql-run, that run's). Lower spreads the weight over more of the data's actions."""
     finetune_critic: bool = False
     """Keep training the critic (IQL's losses) on D_aug alongside the policy; default: frozen."""
     guidance_critic: Literal["iql", "own"] = "iql"
@@ -133,6 +136,8 @@ class Config(RunConfig, dt.Hyperparameters):
         require(self.guidance_critic in ("iql", "own"),
                 f"unknown --guidance-critic {self.guidance_critic!r}: use 'iql' or 'own'.")
         require(self.alpha >= 0, f"--alpha must be >= 0, got {self.alpha}.")
+        require(self.weight_temperature is None or self.weight_temperature >= 0,
+                f"--weight-temperature must be >= 0 (0 weighs every action alike), got {self.weight_temperature}.")
         require(self.return_discount is None or 0 < self.return_discount <= 1,
                 f"--return-discount must be in (0, 1], got {self.return_discount}.")
 
@@ -184,11 +189,18 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
                         if k in iql_state}
     critic = dt.Critic(state=critic_state, q_value=functools.partial(iql.q_value, config.iql),
                        value=functools.partial(iql.planning_value, config.iql), finetune=finetune,
-                       action_weight=(functools.partial(iql.awr_weight, config.iql)
+                       action_weight=(functools.partial(iql.awr_weight, weighting_settings(config))
                                       if config.action_weighting == "advantage" else None))
     own = WindowCritic(config.own_critic, config.iql.discount) if config.guidance_critic == "own" else None
     return dt.make_learner(config, data, returns, critic, config.alpha, loss_mask=loss_mask(data, config.loss_on),
                            own_critic=own)
+
+
+def weighting_settings(config: Config) -> iql.Hyperparameters:
+    """Stage 1's settings with --weight-temperature, where given, as the AWR weight's temperature."""
+    if config.weight_temperature is None:
+        return config.iql
+    return dataclasses.replace(config.iql, temperature=config.weight_temperature)
 
 
 def classic_target(config: Config, first_labels: np.ndarray, scale: float, shift: float) -> float:
