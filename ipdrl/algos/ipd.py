@@ -100,8 +100,9 @@ class Config(RunConfig, dt.Hyperparameters):
     set DT's own targets, so that conditioning like DT asks for what DT asks for."""
     action_weighting: Literal["none", "advantage"] = "none"
     """'advantage': weight each action's imitation error by the critic's AWR weight exp(temperature * (Q - V))
-    of that action (IQL's --iql.temperature and --iql.max-weight), so that the transformer imitates what IQL's
-    actor imitates, Q judging only the data's actions; 'none': every action alike (the method)."""
+    of that action (IQL's --iql.temperature, or --weight-temperature, and --iql.max-weight), so that the
+    transformer imitates what IQL's actor imitates, Q judging only the data's actions; 'none': every action alike
+    (the method)."""
     weight_temperature: float | None = None
     """Inverse temperature of --action-weighting advantage's weight exp(temperature * (Q - V)); default: stage 1's
     --iql.temperature (with --iql-run, that run's). Lower spreads the weight over more of the data's actions."""
