@@ -27,8 +27,9 @@ class Family:
     env_id: str | None
     ref_min: float
     ref_max: float
-    # Kitchen datasets store the running count of completed tasks as the per-step reward, so their episode
-    # returns are not on the scale the reference scores were made for (only evaluation returns are).
+    # Only evaluation returns are on the scale the reference scores were made for in some families: Kitchen datasets
+    # store the running count of completed tasks as the per-step reward, and AntMaze datasets keep collecting the
+    # goal's reward after reaching it (their episodes end in time-outs; evaluation episodes end at the goal).
     dataset_returns_normalizable: bool = True
 
 
@@ -39,7 +40,7 @@ FAMILIES: dict[str, Family] = {
         Family("hopper", "Hopper-v5", -20.272305, 3234.3),
         Family("walker2d", "Walker2d-v5", 1.629008, 4592.3),
         Family("ant", "Ant-v5", -325.6, 3879.7),
-        Family("antmaze", None, 0.0, 1.0),
+        Family("antmaze", None, 0.0, 1.0, dataset_returns_normalizable=False),
         Family("kitchen", "FrankaKitchen-v1", 0.0, 4.0, dataset_returns_normalizable=False),
         Family("pen", None, 96.262799, 3076.8331017826877),
         Family("hammer", None, -274.856578, 12794.134825156867),

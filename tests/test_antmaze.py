@@ -9,6 +9,7 @@ import pytest
 from ipdrl import antmaze, envs, pipelines, presets
 from ipdrl.algos import get_algorithm
 from ipdrl.data.d4rl import read_d4rl
+from ipdrl.data.loading import describe, format_description
 from ipdrl.data.generator import GenerateConfig, generate
 
 UMAZE = "AntMaze_UMaze-v5"
@@ -122,6 +123,9 @@ def test_generated_antmaze_data_is_d4rls_layout(generated):
     eval_goal = antmaze.maze(UMAZE).cell_xy(antmaze.maze(UMAZE).goal)
     reached = np.linalg.norm(data.next_observations[:, :2] - eval_goal, axis=1) <= antmaze.SUCCESS_RADIUS
     np.testing.assert_array_equal(data.rewards.astype(bool), reached)
+    # The data's returns count steps spent at the goal, not successes: no normalised score is made from them.
+    facts = describe(data)
+    assert "normalized_mean" not in facts and "only evaluation returns" in format_description(facts)
 
 
 def test_the_same_seed_makes_the_same_antmaze_data_resumed_or_not(generated, tmp_path):

@@ -90,7 +90,10 @@ def describe(dataset: Dataset) -> dict[str, Any]:
     }
     family = envs.family_for(dataset.name, dataset.metadata)
     reference = dataset.reference()
-    if reference is not None and (family is None or family.dataset_returns_normalizable):
+    if reference is not None and family is not None and not family.dataset_returns_normalizable:
+        facts["normalized_unavailable"] = (f"{family.name} datasets' episode returns are not on the scale of "
+                                           f"{reference.table}; only evaluation returns are")
+    elif reference is not None:
         normalized = reference.normalize(returns)
         facts.update(
             normalized_min=float(np.min(normalized)),
@@ -117,7 +120,8 @@ def format_description(facts: dict[str, Any]) -> str:
             f"{facts['reference_scores'][0]:g} to {facts['reference_scores'][1]:g})"
         )
     else:
-        lines.append("normalised   n/a (no reference scores for this dataset's family)")
+        reason = facts.get("normalized_unavailable", "no reference scores for this dataset's family")
+        lines.append(f"normalised   n/a ({reason})")
     if facts["infos"]:
         lines.append(f"infos        {', '.join(facts['infos'])}")
     return "\n".join(lines)
