@@ -69,7 +69,7 @@ def main() -> None:
         ax.set_title(f"{name}: {np.mean(result['returns']) * 100:.0f}% of {args.episodes} reach the goal")
         summary[name] = result["normalized_mean"]
     fig.tight_layout()
-    fig.savefig(args.out, dpi=110)
+    fig.savefig(args.out, dpi=110, bbox_inches="tight")  # equal-aspect panels: tight_layout alone clips the titles
     print(json.dumps({"plot": args.out, "success": summary}))
 
 
