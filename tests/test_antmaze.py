@@ -9,8 +9,8 @@ import pytest
 from ipdrl import antmaze, envs, pipelines, presets
 from ipdrl.algos import get_algorithm
 from ipdrl.data.d4rl import read_d4rl
-from ipdrl.data.loading import describe, format_description
 from ipdrl.data.generator import GenerateConfig, generate
+from ipdrl.data.loading import describe, format_description
 
 UMAZE = "AntMaze_UMaze-v5"
 TINY = dict(controller_steps=300, start_steps=200, eval_every=10**9, checkpoint_every=100, hidden_dims=(32, 32),
