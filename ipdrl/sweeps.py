@@ -22,6 +22,11 @@ A sweep is defined in a TOML or YAML file (or by flags: ``ipdrl sweep --algos ..
     #                   --base-run {out}/rebrac/{label}-s{seed})
     # program = ["python", "benchmarks/d3rlpy_quality.py"]: another program with the same core flags
 
+    [[methods]]
+    name = "iql-expectile-0.9"
+    extends = "iql"                         # optional: an earlier row's settings, with this row's flags after its own
+    flags = ["--expectile", "0.9"]
+
 Every run is a subprocess (its own XLA, one core's worth of threads, killed with its worker): the task of a run
 whose ``results.json`` exists is skipped, an interrupted one continues from its checkpoint (``--resume``), and a
 failed one is reported with the tail of its log while the others go on. The seeds of one method on one dataset
@@ -87,9 +92,8 @@ class Sweep:
     """Train the seeds of one method on one dataset together in one process where the algorithm can."""
 
     def __post_init__(self) -> None:
-        self.methods = [m if isinstance(m, Method) else Method(**m) for m in self.methods]
+        self.methods = _methods(self.name, self.methods)
         names = [m.name for m in self.methods]
-        require(len(set(names)) == len(names), f"sweep {self.name!r}: method names repeat ({names}); name each row.")
         require(bool(self.methods), f"sweep {self.name!r} has no methods.")
         for method in self.methods:
             require(method.after is None or method.after in names[:names.index(method.name)],
@@ -101,6 +105,24 @@ class Sweep:
         for pair in self.paired:
             require(len(pair) == 2 and set(pair) <= set(names),
                     f"sweep {self.name!r}: paired {pair} must name two of its methods ({names}).")
+
+
+def _methods(sweep: str, rows: list[Method | dict]) -> list[Method]:
+    """Rows as methods; a row with ``extends`` starts from that earlier row (its name aside), its own settings
+    replacing the earlier row's and its flags following the earlier row's, so a variant states only what it changes."""
+    methods: dict[str, Method] = {}
+    for row in rows:
+        if isinstance(row, dict) and "extends" in row:
+            row = dict(row)
+            base = row.pop("extends")
+            require(base in methods, f"sweep {sweep!r}: {row.get('name')} extends {base!r}, which must be an earlier "
+                    f"method ({sorted(methods)}).")
+            inherited = {k: v for k, v in dataclasses.asdict(methods[base]).items() if k != "name"}
+            row = {**inherited, **row, "flags": inherited["flags"] + row.get("flags", [])}
+        method = row if isinstance(row, Method) else Method(**row)
+        require(method.name not in methods, f"sweep {sweep!r}: method names repeat ({method.name}); name each row.")
+        methods[method.name] = method
+    return list(methods.values())
 
 
 @dataclasses.dataclass(frozen=True)

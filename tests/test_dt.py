@@ -330,3 +330,24 @@ def test_window_critic_targets_are_in_window_returns_then_the_bootstrap():
     np.testing.assert_allclose(targets[1], [1 + 0.5 * (1 + 0.5 * (1 + 0.5 * 10)), 1 + 0.5 * (1 + 0.5 * 10),
                                             1 + 0.5 * 10, 10])
     np.testing.assert_array_equal(learn, [[1, 1, 1, 0], [1, 1, 1, 0]])  # a bootstrapped last step does not learn
+
+
+def test_an_ensemble_trains_its_members_apart_and_acts_with_their_mean_action():
+    dataset = synthetic_dataset(episodes=4, length=10, obs_dim=3, act_dim=2)
+    config = dt.Config(**dict(TINY, transformers=3, ema=0.9, learning_rate=1e-2))
+    learner = dt.make_learner(config, dataset)
+    state = fit(learner, 20, seed=0, log_every=10)
+    members = [jax.tree_util.tree_map(lambda x, i=i: x[i], state["ema_params"]) for i in range(3)]
+    first_leaves = [jax.tree_util.tree_leaves(m)[0] for m in members]
+    assert not np.allclose(first_leaves[0], first_leaves[1])  # each its own initialisation and dropout
+    params = learner.policy_params(state)
+    obs = jnp.asarray(np.random.default_rng(2).normal(size=(2, 3)), jnp.float32)
+    _, action = jax.jit(learner.policy.act)(params, learner.policy.init_carry(params, 2), obs, jnp.zeros(2),
+                                            jax.random.PRNGKey(0))
+    single = dt.make_learner(dataclasses.replace(config, transformers=1), dataset)
+    one_action = lambda member: jax.jit(single.policy.act)(dict(params, params=member),
+                                                          single.policy.init_carry(params, 2), obs, jnp.zeros(2),
+                                                          jax.random.PRNGKey(0))[1]
+    np.testing.assert_allclose(action, np.mean([one_action(m) for m in members], axis=0), rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="--transformers must be >= 1"):
+        dt.Config(**dict(TINY, transformers=0))

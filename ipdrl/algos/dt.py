@@ -62,6 +62,10 @@ class Hyperparameters(FitConfig):
     themselves."""
     grad_clip: float = 0.25
     """Global gradient-norm clip."""
+    transformers: int = 1
+    """Transformers trained side by side (vmapped: each its own initialisation and dropout, the same batches) whose
+    predicted actions are averaged when acting, so that one network's late swing moves the policy less; costs
+    about this many times the compute of one."""
     return_scale: float = 1000.0
     """Return tokens are returns-to-go divided by this (1000 for locomotion)."""
     target_return: float = 3600.0
@@ -77,6 +81,7 @@ class Hyperparameters(FitConfig):
                 f"{self.context_length}, {self.num_layers}, {self.embed_dim} and {self.num_heads}.")
         require(self.return_scale > 0, f"--return-scale must be > 0, got {self.return_scale}.")
         require(0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}.")
+        require(self.transformers >= 1, f"--transformers must be >= 1, got {self.transformers}.")
         require(self.lr_schedule in ("constant", "cosine"),
                 f"unknown --lr-schedule {self.lr_schedule!r}: use 'constant' or 'cosine'.")
 
@@ -151,7 +156,10 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
     if len(returns.labels) != dataset.size or len(returns.timesteps) != dataset.size:
         raise ValueError(f"return labels ({len(returns.labels)}) and timesteps ({len(returns.timesteps)}) must have "
                          f"one entry per transition ({dataset.size}).")
-    obs_dim, act_dim, length = dataset.obs_dim, dataset.act_dim, config.context_length
+    if config.transformers > 1 and own_critic is not None:
+        raise ValueError("--transformers > 1 is not supported with --guidance-critic own (its critic tracks one "
+                         "transformer's weights): use --transformers 1.")
+    obs_dim, act_dim, length, members = dataset.obs_dim, dataset.act_dim, config.context_length, config.transformers
     model = network(config, act_dim)
     opt = optimizer(config)
     stats = observation_stats(dataset, config.normalize_observations)
@@ -182,7 +190,7 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
         return params, opt.init(params)
 
     def init(key: jax.Array) -> dict:
-        params, opt_state = init_params(key)
+        params, opt_state = init_params(key) if members == 1 else jax.vmap(init_params)(jax.random.split(key, members))
         state = {"params": params, "opt": opt_state, "obs_stats": {k: jnp.asarray(v) for k, v in stats.items()},
                  "return_target": jnp.asarray(returns.target, jnp.float32)}
         if critic is not None:
@@ -223,29 +231,43 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
         weighted_mask = mask if action_weight is None else mask * action_weight(
             critic_state, batch["observations"], batch["actions"])
 
-        def loss_fn(params):
-            predicted = model.apply(params, batch["returns"], obs, batch["actions"], batch["timesteps"], train=True,
-                                    rngs={"dropout": dropout_key})
-            mse = masked_mean(((predicted - batch["actions"]) ** 2).mean(-1), weighted_mask)
-            if alpha <= 0:
-                return mse, {"train/action_mse": mse}
-            guidance = value_guidance(q_value(predicted), mask)
-            return mse - alpha * guidance, {"train/action_mse": mse, "train/q_normalized": guidance}
+        def member_step(params, opt_state, ema_params, dropout_key):
+            """One transformer's update (vmapped over an ensemble's members)."""
 
-        step = gradient_step(loss_fn, opt, state["params"], state["opt"], has_aux=True)
-        new_state = dict(state, params=step.params, opt=step.opt_state)
+            def loss_fn(params):
+                predicted = model.apply(params, batch["returns"], obs, batch["actions"], batch["timesteps"],
+                                        train=True, rngs={"dropout": dropout_key})
+                mse = masked_mean(((predicted - batch["actions"]) ** 2).mean(-1), weighted_mask)
+                if alpha <= 0:
+                    return mse, {"train/action_mse": mse}
+                guidance = value_guidance(q_value(predicted), mask)
+                return mse - alpha * guidance, {"train/action_mse": mse, "train/q_normalized": guidance}
+
+            step = gradient_step(loss_fn, opt, params, opt_state, has_aux=True)
+            if config.ema:
+                # The average starts at the random initial weights: early on it forgets faster (TensorFlow's
+                # ExponentialMovingAverage with num_updates), so that a long average holds no trace of them.
+                count = optax.tree_utils.tree_get_all_with_path(opt_state, "count")[0][1]
+                decay = jnp.minimum(config.ema, (1.0 + count) / (10.0 + count))
+                ema_params = polyak(ema_params, step.params, 1.0 - decay)
+            step_metrics = {"train/loss": step.loss, **step.aux, "train/grad_norm": optax.tree.norm(step.grads)}
+            return step.params, step.opt_state, ema_params, step_metrics
+
+        if members == 1:
+            params, opt_state, ema_params, step_metrics = member_step(state["params"], state["opt"],
+                                                                      state.get("ema_params"), dropout_key)
+        else:
+            params, opt_state, ema_params, step_metrics = jax.vmap(member_step)(
+                state["params"], state["opt"], state.get("ema_params"), jax.random.split(dropout_key, members))
+            step_metrics = jax.tree.map(lambda m: m.mean(0), step_metrics)
+        new_state = dict(state, params=params, opt=opt_state)
         if config.ema:
-            # The average starts at the random initial weights: early on it forgets faster (TensorFlow's
-            # ExponentialMovingAverage with num_updates), so that a long average holds no trace of them.
-            count = optax.tree_utils.tree_get_all_with_path(state["opt"], "count")[0][1]
-            decay = jnp.minimum(config.ema, (1.0 + count) / (10.0 + count))
-            new_state["ema_params"] = polyak(state["ema_params"], step.params, 1.0 - decay)
+            new_state["ema_params"] = ema_params
         if finetune is not None:
             new_state["critic"] = critic_state
         if own_critic is not None:
-            new_state["own_critic"] = own_critic.track(own_state, step.params)
-        return new_state, {"train/loss": step.loss, **step.aux, "train/grad_norm": optax.tree.norm(step.grads),
-                           **metrics}
+            new_state["own_critic"] = own_critic.track(own_state, params)
+        return new_state, {**step_metrics, **metrics}
 
     acting_critic = critic
     if own_critic is not None:  # candidates are rated by the own critic; V(s_t) tokens still come from ``critic``
@@ -259,7 +281,7 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
         return dict(params, params=state["ema_params"]) if config.ema else params
 
     return Learner(fields=fields, init=init, update=update, sample=sample,
-                   policy=sequence_policy(model, length, config.return_scale, returns, acting_critic),
+                   policy=sequence_policy(model, length, config.return_scale, returns, acting_critic, members),
                    policy_params=policy_params)
 
 

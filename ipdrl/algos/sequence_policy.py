@@ -56,10 +56,16 @@ class Critic(NamedTuple):
 
 
 def sequence_policy(model: DecisionTransformer, length: int, return_scale: float, returns: ReturnTokens,
-                    critic: Critic | None = None) -> Policy:
+                    critic: Critic | None = None, members: int = 1) -> Policy:
     """The acting policy: a per-environment window of the last ``length`` steps (same right-padded layout as
     training), the return token set by ``returns``' rule. Params: ``{"params", "obs_stats", "return_target",
-    "critic"?}`` as :func:`make_learner`'s ``policy_params`` gives them."""
+    "critic"?}`` as :func:`make_learner`'s ``policy_params`` gives them; with ``members`` > 1, ``params`` stacks an
+    ensemble's transformers and the policy acts with their mean action."""
+
+    def predict(params: Params, *window: jax.Array) -> jax.Array:
+        if members == 1:
+            return model.apply(params, *window)
+        return jax.vmap(lambda member: model.apply(member, *window))(params).mean(0)
 
     def init_carry(params: Params, num_envs: int) -> dict:
         obs_dim = params["obs_stats"]["mean"].shape[-1]
@@ -102,8 +108,8 @@ def sequence_policy(model: DecisionTransformer, length: int, return_scale: float
 
         def action_for(token: jax.Array) -> tuple[jax.Array, jax.Array]:
             tokens = push(carry["returns"], token / return_scale)
-            predicted = model.apply(params["params"], tokens, window["observations"], window["actions"],
-                                    window["timesteps"])
+            predicted = predict(params["params"], tokens, window["observations"], window["actions"],
+                                window["timesteps"])
             return predicted[envs, position], tokens
 
         if returns.candidates:
