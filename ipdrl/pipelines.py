@@ -51,7 +51,8 @@ def config_dict(algo: str, config: RunConfig) -> dict[str, Any]:
 def create_run(algorithm: Algorithm, config: RunConfig) -> Run:
     """The run directory ``config`` names (or the default one), created or resumed with the config saved."""
     run_dir = Path(config.run_dir) if config.run_dir else default_run_dir(algorithm.name, config)
-    return Run.create(run_dir, config_dict(algorithm.name, config), resume=config.resume)
+    return Run.create(run_dir, config_dict(algorithm.name, config), resume=config.resume,
+                      defaults=config_dict(algorithm.name, type(config)()))
 
 
 def train(algorithm: Algorithm, config: RunConfig) -> dict[str, Any]:

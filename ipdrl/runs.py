@@ -39,8 +39,10 @@ class Run:
 
     # ---- lifecycle -------------------------------------------------------------------------------
     @classmethod
-    def create(cls, path: str | Path, config: Mapping[str, Any], resume: bool = False) -> "Run":
-        """Make the run directory and save the config. With ``resume`` an existing run must have the same config."""
+    def create(cls, path: str | Path, config: Mapping[str, Any], resume: bool = False,
+               defaults: Mapping[str, Any] | None = None) -> "Run":
+        """Make the run directory and save the config. With ``resume`` an existing run must have the same config; a
+        setting its saved config lacks (the run predates the setting) counts as ``defaults``' value of it."""
         run = cls(Path(path))
         config_path = run.path / "config.json"
         if config_path.exists():
@@ -51,6 +53,7 @@ class Run:
                 )
             saved = json.loads(config_path.read_text())
             fresh = json.loads(json.dumps(dict(config), default=json_default))
+            saved = {**json.loads(json.dumps(dict(defaults or {}), default=json_default)), **saved}
             changed = {k for k in set(saved) | set(fresh) if saved.get(k) != fresh.get(k) and k not in _RESUME_FREE}
             if changed:
                 raise ValueError(

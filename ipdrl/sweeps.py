@@ -24,7 +24,8 @@ A sweep is defined in a TOML or YAML file (or by flags: ``ipdrl sweep --algos ..
 
     [[methods]]
     name = "iql-expectile-0.9"
-    extends = "iql"                         # optional: an earlier row's settings, with this row's flags after its own
+    extends = "iql"                         # optional: an earlier row's settings (its after, program and seeds
+                                            # too), this row's flags following that row's
     flags = ["--expectile", "0.9"]
 
 Every run is a subprocess (its own XLA, one core's worth of threads, killed with its worker): the task of a run
@@ -115,6 +116,8 @@ def _methods(sweep: str, rows: list[Method | dict]) -> list[Method]:
         if isinstance(row, dict) and "extends" in row:
             row = dict(row)
             base = row.pop("extends")
+            require(isinstance(base, str) and isinstance(row.get("flags", []), list),
+                    f"sweep {sweep!r}: {row.get('name')} needs extends = \"NAME\" and flags = [\"--flag\", ...].")
             require(base in methods, f"sweep {sweep!r}: {row.get('name')} extends {base!r}, which must be an earlier "
                     f"method ({sorted(methods)}).")
             inherited = {k: v for k, v in dataclasses.asdict(methods[base]).items() if k != "name"}

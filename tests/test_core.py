@@ -65,6 +65,12 @@ def test_run_directory_resume_rules_and_metrics(tmp_path):
     with pytest.raises(ValueError, match="differs"):
         Run.create(tmp_path / "r", {"algo": "iql", "seed": 1}, resume=True)
     Run.create(tmp_path / "r", {"algo": "iql", "seed": 0}, resume=True)
+    # A setting added after the run began: resuming with its default is the same run, with another value it is not.
+    newer = {"algo": "iql", "seed": 0, "ensemble": 1}
+    Run.create(tmp_path / "r2", {"algo": "iql", "seed": 0})
+    with pytest.raises(ValueError, match=r"differs in \['ensemble'\]"):
+        Run.create(tmp_path / "r2", dict(newer, ensemble=5), resume=True, defaults=newer)
+    Run.create(tmp_path / "r2", newer, resume=True, defaults=newer)
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):

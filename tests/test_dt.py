@@ -334,9 +334,11 @@ def test_window_critic_targets_are_in_window_returns_then_the_bootstrap():
 
 def test_an_ensemble_trains_its_members_apart_and_acts_with_their_mean_action():
     dataset = synthetic_dataset(episodes=4, length=10, obs_dim=3, act_dim=2)
-    config = dt.Config(**dict(TINY, transformers=3, ema=0.9, learning_rate=1e-2))
+    config = dt.Config(**dict(TINY, transformers=3, ema=0.9, learning_rate=1e-2, dropout=0.1))
     learner = dt.make_learner(config, dataset)
     state = fit(learner, 20, seed=0, log_every=10)
+    without_ema = fit(dt.make_learner(dataclasses.replace(config, ema=0.0), dataset), 2, seed=0, log_every=1)
+    assert "ema_params" not in without_ema and jax.tree_util.tree_leaves(without_ema["params"])[0].shape[0] == 3
     members = [jax.tree_util.tree_map(lambda x, i=i: x[i], state["ema_params"]) for i in range(3)]
     first_leaves = [jax.tree_util.tree_leaves(m)[0] for m in members]
     assert not np.allclose(first_leaves[0], first_leaves[1])  # each its own initialisation and dropout

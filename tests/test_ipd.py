@@ -215,6 +215,8 @@ def test_advantage_weighting_weights_imitation_by_the_critics_awr_weights(first_
         tiny_config(folder, action_weighting="awr")
     with pytest.raises(ValueError, match="weight-temperature"):
         tiny_config(folder, weight_temperature=-1.0)
+    with pytest.raises(ValueError, match="--transformers > 1 is not supported with --guidance-critic own"):
+        tiny_config(folder, transformers=2, guidance_critic="own")
 
 
 def test_conditioning_like_dt_asks_for_dts_target_in_v_units():

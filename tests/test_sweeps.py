@@ -66,6 +66,10 @@ def test_a_sweep_file_is_checked(tmp_path):
                     '[[methods]]\nname = "a"\nalgo = "bc"\n')
     with pytest.raises(ValueError, match="b extends 'a', which must be an earlier method"):
         sweeps.load(path)
+    path.write_text('name = "x"\ndatasets = ["embedded"]\nseeds = [0]\n[[methods]]\nname = "a"\nalgo = "bc"\n'
+                    '[[methods]]\nname = "b"\nextends = "a"\nflags = "--steps 9"\n')
+    with pytest.raises(ValueError, match='b needs extends = "NAME" and flags'):
+        sweeps.load(path)
 
 
 def test_a_row_extends_an_earlier_one_with_its_flags_after_the_earlier_rows(tmp_path):
@@ -74,10 +78,13 @@ def test_a_row_extends_an_earlier_one_with_its_flags_after_the_earlier_rows(tmp_
                     '[[methods]]\nname = "iql"\nalgo = "iql"\n'
                     '[[methods]]\nname = "ipd"\nalgo = "ipd"\nafter = "iql"\nseeds = [1]\nflags = ["--steps", "9"]\n'
                     '[[methods]]\nname = "ipd-a0"\nextends = "ipd"\nflags = ["--alpha", "0"]\n'
-                    '[[methods]]\nname = "ipd-a0-s3"\nextends = "ipd-a0"\nseeds = [3]\n')
+                    '[[methods]]\nname = "ipd-a0-s3"\nextends = "ipd-a0"\nseeds = [3]\n'
+                    '[[methods]]\nname = "d3"\nalgo = "iql"\nprogram = ["python", "d3.py"]\n'
+                    '[[methods]]\nname = "d3-long"\nextends = "d3"\nflags = ["--steps", "99"]\n')
     methods = {m.name: m for m in sweeps.load(path).methods}
     assert methods["ipd-a0"] == sweeps.Method("ipd-a0", "ipd", ["--steps", "9", "--alpha", "0"], seeds=[1], after="iql")
     assert methods["ipd-a0-s3"].flags == ["--steps", "9", "--alpha", "0"] and methods["ipd-a0-s3"].seeds == [3]
+    assert methods["d3-long"] == sweeps.Method("d3-long", "iql", ["--steps", "99"], program=["python", "d3.py"])
 
 
 SWEEP = """

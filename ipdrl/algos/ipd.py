@@ -136,6 +136,9 @@ class Config(RunConfig, dt.Hyperparameters):
                 f"unknown --action-weighting {self.action_weighting!r}: use 'none' or 'advantage'.")
         require(self.guidance_critic in ("iql", "own"),
                 f"unknown --guidance-critic {self.guidance_critic!r}: use 'iql' or 'own'.")
+        require(self.transformers == 1 or self.guidance_critic != "own",
+                "--transformers > 1 is not supported with --guidance-critic own (its critic tracks one "
+                "transformer's weights): use --transformers 1, or --guidance-critic iql.")
         require(self.alpha >= 0, f"--alpha must be >= 0, got {self.alpha}.")
         require(self.weight_temperature is None or self.weight_temperature >= 0,
                 f"--weight-temperature must be >= 0 (0 weighs every action alike), got {self.weight_temperature}.")
