@@ -350,6 +350,18 @@ def test_an_ensemble_trains_its_members_apart_and_acts_with_their_mean_action():
     one_action = lambda member: jax.jit(single.policy.act)(dict(params, params=member),
                                                           single.policy.init_carry(params, 2), obs, jnp.zeros(2),
                                                           jax.random.PRNGKey(0))[1]
-    np.testing.assert_allclose(action, np.mean([one_action(m) for m in members], axis=0), rtol=1e-5, atol=1e-6)
+    singles = np.stack([one_action(m) for m in members])
+    np.testing.assert_allclose(action, singles.mean(0), rtol=1e-5, atol=1e-6)
+    # 'critic': at every step the member action that the critic's Q rates highest.
+    returns = dt.classic_returns(config, dataset)
+    rated = dt.make_learner(dataclasses.replace(config, ensemble_action="critic"), dataset, returns=returns,
+                            critic=toy_critic(0.3))
+    params = dict(rated.policy_params(dict(state, critic=toy_critic(0.3).state)))
+    _, chosen = jax.jit(rated.policy.act)(params, rated.policy.init_carry(params, 2), obs, jnp.zeros(2),
+                                          jax.random.PRNGKey(0))
+    q = -((singles - 0.3) ** 2).sum(-1)  # (members, envs)
+    np.testing.assert_allclose(chosen, singles[q.argmax(0), np.arange(2)], rtol=1e-5, atol=1e-6)
+    with pytest.raises(ValueError, match="--ensemble-action critic rates the members' actions with a critic"):
+        dt.make_learner(dataclasses.replace(config, ensemble_action="critic"), dataset)
     with pytest.raises(ValueError, match="--transformers must be >= 1"):
         dt.Config(**dict(TINY, transformers=0))

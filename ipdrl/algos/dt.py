@@ -66,6 +66,9 @@ class Hyperparameters(FitConfig):
     """Transformers trained side by side (vmapped: each its own initialisation and dropout, the same batches) whose
     predicted actions are averaged when acting, so that one network's late swing moves the policy less; costs
     about this many times the compute of one."""
+    ensemble_action: Literal["mean", "critic"] = "mean"
+    """How --transformers members act together: their 'mean' action, or at every step the member action that the
+    critic's Q rates highest ('critic'; needs a critic, as IPD's)."""
     return_scale: float = 1000.0
     """Return tokens are returns-to-go divided by this (1000 for locomotion)."""
     target_return: float = 3600.0
@@ -82,6 +85,8 @@ class Hyperparameters(FitConfig):
         require(self.return_scale > 0, f"--return-scale must be > 0, got {self.return_scale}.")
         require(0.0 <= self.ema < 1.0, f"--ema must be in [0, 1), got {self.ema}.")
         require(self.transformers >= 1, f"--transformers must be >= 1, got {self.transformers}.")
+        require(self.ensemble_action in ("mean", "critic"),
+                f"unknown --ensemble-action {self.ensemble_action!r}: use 'mean' or 'critic'.")
         require(self.lr_schedule in ("constant", "cosine"),
                 f"unknown --lr-schedule {self.lr_schedule!r}: use 'constant' or 'cosine'.")
 
@@ -150,6 +155,9 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
     ``own_critic``: guide (and choose return candidates) by a critic of the policy's own actions trained alongside
     (:mod:`ipdrl.algos.window_critic`) instead of ``critic``'s Q; rewards in ``returns``' units."""
     returns = returns or classic_returns(config, dataset)
+    if config.ensemble_action == "critic" and critic is None:
+        raise ValueError("--ensemble-action critic rates the members' actions with a critic: use `--algo ipd`, or "
+                         "--ensemble-action mean.")
     if (alpha > 0 or returns.value_factor is not None) and critic is None:
         raise ValueError("value guidance (alpha > 0) and value-conditioned return tokens need a critic: use "
                          "`--algo ipd`, which trains one.")
@@ -281,7 +289,8 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
         return dict(params, params=state["ema_params"]) if config.ema else params
 
     return Learner(fields=fields, init=init, update=update, sample=sample,
-                   policy=sequence_policy(model, length, config.return_scale, returns, acting_critic, members),
+                   policy=sequence_policy(model, length, config.return_scale, returns, acting_critic, members,
+                                          config.ensemble_action),
                    policy_params=policy_params)
 
 

@@ -56,16 +56,23 @@ class Critic(NamedTuple):
 
 
 def sequence_policy(model: DecisionTransformer, length: int, return_scale: float, returns: ReturnTokens,
-                    critic: Critic | None = None, members: int = 1) -> Policy:
+                    critic: Critic | None = None, members: int = 1, ensemble_action: str = "mean") -> Policy:
     """The acting policy: a per-environment window of the last ``length`` steps (same right-padded layout as
     training), the return token set by ``returns``' rule. Params: ``{"params", "obs_stats", "return_target",
     "critic"?}`` as :func:`make_learner`'s ``policy_params`` gives them; with ``members`` > 1, ``params`` stacks an
-    ensemble's transformers and the policy acts with their mean action."""
+    ensemble's transformers and the policy acts with their mean action, or with ``ensemble_action`` 'critic' the
+    member action that the critic's Q rates highest."""
 
-    def predict(params: Params, *window: jax.Array) -> jax.Array:
+    def predict(params: Params, obs: jax.Array, position: jax.Array, *window: jax.Array) -> jax.Array:
+        """The action at ``position`` of every environment's window."""
+        envs = jnp.arange(obs.shape[0])
         if members == 1:
-            return model.apply(params, *window)
-        return jax.vmap(lambda member: model.apply(member, *window))(params).mean(0)
+            return model.apply(params["params"], *window)[envs, position]
+        actions = jax.vmap(lambda member: model.apply(member, *window)[envs, position])(params["params"])
+        if ensemble_action == "mean":
+            return actions.mean(0)
+        q = jax.vmap(lambda a: critic.q_value(params["critic"], obs, a))(actions)  # (members, envs)
+        return actions[jnp.argmax(q, axis=0), envs]
 
     def init_carry(params: Params, num_envs: int) -> dict:
         obs_dim = params["obs_stats"]["mean"].shape[-1]
@@ -108,9 +115,9 @@ def sequence_policy(model: DecisionTransformer, length: int, return_scale: float
 
         def action_for(token: jax.Array) -> tuple[jax.Array, jax.Array]:
             tokens = push(carry["returns"], token / return_scale)
-            predicted = predict(params["params"], tokens, window["observations"], window["actions"],
-                                window["timesteps"])
-            return predicted[envs, position], tokens
+            action = predict(params, obs, position, tokens, window["observations"], window["actions"],
+                             window["timesteps"])
+            return action, tokens
 
         if returns.candidates:
             options = jnp.asarray(returns.candidates)[:, None] * token  # (candidates, envs)
