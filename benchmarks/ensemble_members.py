@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 
 import jax
 import numpy as np
@@ -46,7 +45,7 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=None, help="default: the run's --eval-episodes")
     args = parser.parse_args()
     run = Run.open(args.run_dir)
-    algo = json.loads((run.path / "config.json").read_text())["algo"]
+    algo = run.config["algo"]
     config = saved_config(get_algorithm(algo), run)
     if args.episodes:
         config.eval_episodes = args.episodes

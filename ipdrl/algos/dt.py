@@ -63,9 +63,8 @@ class Hyperparameters(FitConfig):
     grad_clip: float = 0.25
     """Global gradient-norm clip."""
     transformers: int = 1
-    """Transformers trained side by side (vmapped: each its own initialisation and dropout, the same batches) whose
-    predicted actions are averaged when acting, so that one network's late swing moves the policy less; costs
-    about this many times the compute of one."""
+    """Transformers trained side by side (vmapped: each its own initialisation and dropout, the same batches) that
+    act together by --ensemble-action; costs about this many times the compute of one."""
     ensemble_action: Literal["mean", "critic"] = "mean"
     """How --transformers members act together: their 'mean' action, or at every step the member action that the
     critic's Q rates highest ('critic'; needs a critic, as IPD's)."""
