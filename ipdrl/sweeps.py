@@ -370,8 +370,10 @@ def local_cluster(workers: int):
 
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core", "distributed.worker"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    # The dashboard's HTTP server starts anyway (None means its default port 8787): a free port, so that two sweeps
+    # at once do not warn about it.
     return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                        dashboard_address=None, silence_logs=logging.WARNING)
+                        dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING)
 
 
 # ---- running a sweep ----------------------------------------------------------------------------------------------

@@ -222,6 +222,19 @@ def test_a_planning_value_trains_beside_iql_without_changing_it():
     assert np.array_equal(iql.planning_value(plain, states[0], obs), iql.value(plain, states[0], obs))
 
 
+def test_iql_can_act_with_the_best_rated_of_its_policy_samples():
+    dataset = synthetic_dataset(episodes=4, length=10, obs_dim=3, act_dim=2)
+    config = iql.Config(hidden_dims=(32, 32), batch_size=64, steps=50)
+    state = fit(iql.make_learner(config, dataset), 50, seed=0, log_every=50)
+    obs, key = jnp.asarray(dataset.observations[:4]), jax.random.PRNGKey(3)
+    samples = iql.policy_samples(config, 2, 6, state, obs, key)
+    assert samples.shape == (6, 4, 2) and float(jnp.abs(samples).max()) <= 1.0
+    assert not np.allclose(samples[0], samples[1])  # draws, not the mean six times
+    _, action = iql.sample_choice_policy(config, 2, 6).act(state, (), obs, jnp.zeros(4), key)
+    q = np.asarray(jax.vmap(lambda a: iql.q_value(config, state, obs, a))(samples))  # (samples, envs)
+    np.testing.assert_allclose(action, np.asarray(samples)[q.argmax(0), np.arange(4)])
+
+
 @pytest.mark.parametrize("algo", ["iql", "rebrac", "dt"])
 def test_walker2d_presets_train_and_score_in_walker2d(algo, tiny_walker2d, tmp_path):
     from ipdrl.algos import get_algorithm

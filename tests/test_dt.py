@@ -361,6 +361,14 @@ def test_an_ensemble_trains_its_members_apart_and_acts_with_their_mean_action():
                                           jax.random.PRNGKey(0))
     q = -((singles - 0.3) ** 2).sum(-1)  # (members, envs)
     np.testing.assert_allclose(chosen, singles[q.argmax(0), np.arange(2)], rtol=1e-5, atol=1e-6)
+    # The critic's proposals are candidates too: it takes one at its optimum, and ignores one far from it.
+    for proposal, expected in ((0.3, np.full((2, 2), 0.3)), (5.0, np.asarray(chosen))):
+        proposing = toy_critic(0.3)._replace(proposals=lambda state, obs, key, p=proposal: jnp.full((1, 2, 2), p))
+        learner = dt.make_learner(dataclasses.replace(config, ensemble_action="critic"), dataset, returns=returns,
+                                  critic=proposing)
+        _, action = jax.jit(learner.policy.act)(params, learner.policy.init_carry(params, 2), obs, jnp.zeros(2),
+                                                jax.random.PRNGKey(0))
+        np.testing.assert_allclose(action, expected, rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="--ensemble-action critic rates the members' actions with a critic"):
         dt.make_learner(dataclasses.replace(config, ensemble_action="critic"), dataset)
     with pytest.raises(ValueError, match="--transformers must be >= 1"):

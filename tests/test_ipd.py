@@ -8,6 +8,7 @@ from pathlib import Path
 
 import flax.serialization
 import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -217,6 +218,23 @@ def test_advantage_weighting_weights_imitation_by_the_critics_awr_weights(first_
         tiny_config(folder, weight_temperature=-1.0)
     with pytest.raises(ValueError, match="--transformers > 1 is not supported with --guidance-critic own"):
         tiny_config(folder, transformers=2, guidance_critic="own")
+    # --policy-samples: IQL's policy proposes actions beside the transformers', and the critic picks.
+    sampling = tiny_config(folder, transformers=2, ensemble_action="critic", policy_samples=3)
+    learner = ipd.policy_learner(sampling, data, iql_state, labels, timesteps)
+    params = learner.policy_params(learner.init(jax.random.PRNGKey(0)))
+    assert "actor" in params["critic"]
+    obs = jnp.asarray(data.observations[:2])
+    _, action = jax.jit(learner.policy.act)(params, learner.policy.init_carry(params, 2), obs, jnp.zeros(2),
+                                            jax.random.PRNGKey(0))
+    assert action.shape == (2, data.act_dim) and np.all(np.abs(action) <= 1.0)
+    members_only = ipd.policy_learner(dataclasses.replace(sampling, policy_samples=0), data, iql_state, labels,
+                                      timesteps)
+    _, members_action = jax.jit(members_only.policy.act)(params, members_only.policy.init_carry(params, 2), obs,
+                                                         jnp.zeros(2), jax.random.PRNGKey(0))
+    q = lambda a: np.asarray(iql.q_value(sampling.iql, iql_state, obs, a))
+    assert np.all(q(action) >= q(members_action) - 1e-5)  # more candidates: never a lower-rated pick
+    with pytest.raises(ValueError, match="--policy-samples adds candidates"):
+        tiny_config(folder, policy_samples=3)
 
 
 def test_conditioning_like_dt_asks_for_dts_target_in_v_units():

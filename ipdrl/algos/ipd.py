@@ -88,6 +88,9 @@ class Config(RunConfig, dt.Hyperparameters):
     """QT's inference rule: try the tokens c * token for each factor c here (e.g. 1 1.5 2; token: value_factor *
     V(s_t), or the classic rule's target) at every step and act with the action the critic's Q rates highest;
     empty: the one token."""
+    policy_samples: int = 0
+    """With --ensemble-action critic: this many samples of stage 1's IQL policy are candidates too, beside the
+    transformers' actions, and the critic's Q picks among all of them at every step; 0: the transformers' only."""
     return_relabel: Literal["none", "max-value"] = "none"
     """'max-value': QDT's relabelling of the training tokens, R_t <- max(r_t + gamma R_{t+1}, V(s_t)) backwards
     along every trajectory, so that the transformer can stitch; 'none': the returns-to-go themselves."""
@@ -139,6 +142,10 @@ class Config(RunConfig, dt.Hyperparameters):
         require(self.transformers == 1 or self.guidance_critic != "own",
                 "--transformers > 1 is not supported with --guidance-critic own (its critic tracks one "
                 "transformer's weights): use --transformers 1, or --guidance-critic iql.")
+        require(self.policy_samples >= 0, f"--policy-samples must be >= 0, got {self.policy_samples}.")
+        require(self.policy_samples == 0 or (self.ensemble_action == "critic" and self.guidance_critic == "iql"),
+                "--policy-samples adds candidates for stage 1's critic to choose among: use it with "
+                "--ensemble-action critic and --guidance-critic iql.")
         require(self.alpha >= 0, f"--alpha must be >= 0, got {self.alpha}.")
         require(self.weight_temperature is None or self.weight_temperature >= 0,
                 f"--weight-temperature must be >= 0 (0 weighs every action alike), got {self.weight_temperature}.")
@@ -189,12 +196,15 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
         critic_state = iql_state
     else:
         finetune = None
-        critic_state = {k: iql_state[k] for k in ("critic_target", "value", "value_high", "obs_stats", "reward_scale")
-                        if k in iql_state}
+        kept = ["critic_target", "value", "value_high", "obs_stats", "reward_scale"]
+        kept += ["actor"] if config.policy_samples else []  # --policy-samples draws from IQL's policy
+        critic_state = {k: iql_state[k] for k in kept if k in iql_state}
     critic = dt.Critic(state=critic_state, q_value=functools.partial(iql.q_value, config.iql),
                        value=functools.partial(iql.planning_value, config.iql), finetune=finetune,
                        action_weight=(functools.partial(iql.awr_weight, weighting_settings(config))
-                                      if config.action_weighting == "advantage" else None))
+                                      if config.action_weighting == "advantage" else None),
+                       proposals=(functools.partial(iql.policy_samples, config.iql, data.act_dim, config.policy_samples)
+                                  if config.policy_samples else None))
     own = WindowCritic(config.own_critic, config.iql.discount) if config.guidance_critic == "own" else None
     return dt.make_learner(config, data, returns, critic, config.alpha, loss_mask=loss_mask(data, config.loss_on),
                            own_critic=own)

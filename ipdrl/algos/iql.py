@@ -15,6 +15,7 @@ from ipdrl.algos.common import adam, learner_algorithm, mlp_policy, transition_l
 from ipdrl.config import FitConfig, RunConfig, require
 from ipdrl.data.dataset import Dataset, transition_fields
 from ipdrl.data.statistics import locomotion_reward_scale, normalize, observation_stats
+from ipdrl.evaluation import Policy, stateless_policy
 from ipdrl.networks import EnsembleCritic, GaussianActor, ValueFunction, gaussian_log_prob, polyak
 from ipdrl.optim import gradient_step
 from ipdrl.training import Learner
@@ -116,6 +117,27 @@ def awr_distribution(config: Hyperparameters, state: dict, obs: jax.Array, act_d
     """(mean, log_std) of the AWR policy (the MPC proposal prior in IPD)."""
     _, _, actor = networks(config, act_dim)
     return actor.apply(state["actor"], normalize(obs, state["obs_stats"]))
+
+
+def policy_samples(config: Hyperparameters, act_dim: int, count: int, state: dict, obs: jax.Array, key: jax.Array
+                   ) -> jax.Array:
+    """``count`` actions per observation drawn from the AWR policy, clipped to the action box:
+    (count, batch, act_dim)."""
+    mean, log_std = awr_distribution(config, state, obs, act_dim)
+    noise = jax.random.normal(key, (count,) + mean.shape)
+    return jnp.clip(mean + jnp.exp(log_std) * noise, -1.0, 1.0)
+
+
+def sample_choice_policy(config: Hyperparameters, act_dim: int, count: int) -> Policy:
+    """IQL acting with the action its Q rates highest among ``count`` samples of its own policy (a selection rule
+    as in SfBC and IDQL, here a control for IPD's critic-chosen actions); params: the IQL state."""
+
+    def act(state: dict, obs: jax.Array, key: jax.Array) -> jax.Array:
+        actions = policy_samples(config, act_dim, count, state, obs, key)
+        q = jax.vmap(lambda a: q_value(config, state, obs, a))(actions)
+        return actions[jnp.argmax(q, axis=0), jnp.arange(obs.shape[0])]
+
+    return stateless_policy(act)
 
 
 # ---- learner --------------------------------------------------------------------------------------------

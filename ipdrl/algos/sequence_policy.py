@@ -45,7 +45,9 @@ class Critic(NamedTuple):
     ``finetune``: a learner whose ``update`` keeps training ``state`` on its own batches (its ``fields``, its
     ``sample``) at every policy update; None keeps the critic frozen. ``action_weight(state, obs, actions)``: when
     given, each data action's imitation error is weighted by it (e.g. IQL's AWR weight, so that the sequence policy
-    imitates the actions the critic rates above its value, as IQL's own actor does).
+    imitates the actions the critic rates above its value, as IQL's own actor does). ``proposals(state, obs,
+    key)``: further candidate actions, (n, envs, act_dim), that the 'critic' ensemble rule weighs beside the
+    transformers' own (e.g. samples of IQL's policy).
     """
 
     state: Any
@@ -53,6 +55,7 @@ class Critic(NamedTuple):
     value: Callable[[Any, jax.Array], jax.Array]
     finetune: Learner | None = None
     action_weight: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None
+    proposals: Callable[[Any, jax.Array, jax.Array], jax.Array] | None = None
 
 
 def sequence_policy(model: DecisionTransformer, length: int, return_scale: float, returns: ReturnTokens,
@@ -61,17 +64,21 @@ def sequence_policy(model: DecisionTransformer, length: int, return_scale: float
     training), the return token set by ``returns``' rule. Params: ``{"params", "obs_stats", "return_target",
     "critic"?}`` as :func:`make_learner`'s ``policy_params`` gives them; with ``members`` > 1, ``params`` stacks an
     ensemble's transformers and the policy acts with their mean action, or with ``ensemble_action`` 'critic' the
-    member action that the critic's Q rates highest."""
+    member action (or ``critic.proposals``' action) that the critic's Q rates highest."""
 
-    def predict(params: Params, obs: jax.Array, position: jax.Array, *window: jax.Array) -> jax.Array:
+    def predict(params: Params, obs: jax.Array, key: jax.Array, position: jax.Array, *window: jax.Array
+                ) -> jax.Array:
         """The action at ``position`` of every environment's window."""
         envs = jnp.arange(obs.shape[0])
-        if members == 1:
-            return model.apply(params["params"], *window)[envs, position]
-        actions = jax.vmap(lambda member: model.apply(member, *window)[envs, position])(params["params"])
+        one = lambda member: model.apply(member, *window)[envs, position]
+        if members == 1 and ensemble_action == "mean":
+            return one(params["params"])
+        actions = jax.vmap(one)(params["params"]) if members > 1 else one(params["params"])[None]
         if ensemble_action == "mean":
             return actions.mean(0)
-        q = jax.vmap(lambda a: critic.q_value(params["critic"], obs, a))(actions)  # (members, envs)
+        if critic.proposals is not None:
+            actions = jnp.concatenate([actions, critic.proposals(params["critic"], obs, key)])
+        q = jax.vmap(lambda a: critic.q_value(params["critic"], obs, a))(actions)  # (candidates, envs)
         return actions[jnp.argmax(q, axis=0), envs]
 
     def init_carry(params: Params, num_envs: int) -> dict:
@@ -115,7 +122,7 @@ def sequence_policy(model: DecisionTransformer, length: int, return_scale: float
 
         def action_for(token: jax.Array) -> tuple[jax.Array, jax.Array]:
             tokens = push(carry["returns"], token / return_scale)
-            action = predict(params, obs, position, tokens, window["observations"], window["actions"],
+            action = predict(params, obs, key, position, tokens, window["observations"], window["actions"],
                              window["timesteps"])
             return action, tokens
 
