@@ -39,16 +39,83 @@ MEMBER_KEYS = ("params", "opt", "ema_params")
 ROWS = ("rules", "members", "sizes", "iql-samples", "with-samples")
 CRITIC_RULE = "member the critic rates highest"
 CONTROL = "control: stage 1's IQL, its Q's pick among N samples of its own policy"
+IQL_RUN_ROWS = ("iql-samples", "with-samples")  # need the run's --iql-run
 
 
-def learner_for(algo: str, config, dataset, **changes):
-    """The run's learner with ``changes`` to its settings (e.g. transformers=1, ensemble_action='critic')."""
-    config = dataclasses.replace(config, **changes)
-    if algo == "dt":
-        return dt.make_learner(config, dataset)
-    config = ipd.with_stage1_settings(config)
-    iql_template = jax.jit(iql.make_learner(config.iql, dataset).init)(jax.random.PRNGKey(config.seed))
-    return ipd.policy_learner(config, dataset, iql_template, np.zeros(dataset.size, np.float32), dataset.timesteps())
+class SavedRun:
+    """One run's saved settings and data, and its learner under changed settings."""
+
+    def __init__(self, run_dir: str, episodes: int | None):
+        self.run = Run.open(run_dir)
+        self.algo = self.run.config["algo"]
+        config = saved_config(get_algorithm(self.algo), self.run)
+        if episodes:
+            config.eval_episodes = episodes
+        if self.algo != "dt":  # every row but with-samples acts without IQL's samples
+            config = dataclasses.replace(ipd.with_stage1_settings(config), policy_samples=0)
+        self.config = config
+        if config.transformers < 2:
+            raise SystemExit(f"{run_dir} trained one transformer (--transformers {config.transformers}): nothing "
+                             f"to split.")
+        self.dataset = None
+
+    def rows(self, asked: list[str] | None) -> list[str]:
+        """The rows asked for (default: every row this run can give), or a clear error before any evaluation."""
+        can = ["rules", "members"]
+        if self.algo != "dt":
+            can += ["sizes"] + (list(IQL_RUN_ROWS) if self.config.iql_run else [])
+        if asked is None:
+            return can
+        if missing := [row for row in asked if row not in can]:
+            why = "DT has no critic" if self.algo == "dt" else "it was trained without --iql-run"
+            raise SystemExit(f"{self.run.path}: --rows {' '.join(missing)} cannot be made for this run ({why}); "
+                             f"it can give {' '.join(can)}.")
+        return asked
+
+    def learner(self, **changes):
+        """The run's learner with ``changes`` to its settings (e.g. transformers=1, ensemble_action='critic')."""
+        config = dataclasses.replace(self.config, **changes)
+        if self.algo == "dt":
+            return dt.make_learner(config, self.dataset)
+        return ipd.policy_learner(config, self.dataset, self.iql_template, np.zeros(self.dataset.size, np.float32),
+                                  self.dataset.timesteps())
+
+    def evaluate(self, rows: list[str]) -> list[tuple[str, dict]]:
+        """[(row name, evaluation)] of the run's final checkpoint."""
+        config, n = self.config, self.config.transformers
+        env_id, self.dataset = prepare(config, load_dataset(config.dataset))
+        if self.algo != "dt":
+            init = jax.jit(iql.make_learner(config.iql, self.dataset).init)
+            self.iql_template = init(jax.random.PRNGKey(config.seed))
+        score = lambda learner, state: evaluate_final(learner, state, config, env_id, self.dataset.reference())
+        checkpoint = "checkpoint" if self.algo == "dt" else "policy_checkpoint"
+        state, _ = self.run.load_checkpoint(self.learner().init(jax.random.PRNGKey(config.seed)), checkpoint)
+        out = []
+        if "rules" in rows:
+            out.append(("mean action", score(self.learner(ensemble_action="mean"), state)))
+            if self.algo != "dt":
+                out.append((CRITIC_RULE, score(self.learner(ensemble_action="critic"), state)))
+        if "members" in rows:
+            single = self.learner(transformers=1)
+            out += [(f"member {member}", score(single, members(state, member))) for member in range(n)]
+        if "sizes" in rows:
+            out += [(f"the critic's pick among members 0-{count - 1}",
+                     score(self.learner(transformers=count, ensemble_action="critic"), members(state, slice(count))))
+                    for count in range(2, n)]
+        if set(IQL_RUN_ROWS) & set(rows):
+            settings, iql_state, _ = load_iql_run(config.iql_run, self.dataset)
+        if "iql-samples" in rows:
+            policy = iql.sample_choice_policy(settings, self.dataset.act_dim, n)
+            out.append((CONTROL, evaluate(policy, iql_state, env_id, config.eval_episodes, config.eval_seed,
+                                          self.dataset.reference())))
+        if "with-samples" in rows:
+            with_actor = dict(state, critic=dict(state["critic"], actor=iql_state["actor"]))
+            for count in (1, n):
+                learner = self.learner(transformers=count, ensemble_action="critic", policy_samples=n)
+                label = "member 0" if count == 1 else f"members 0-{count - 1}"
+                out.append((f"the critic's pick among {label} and N samples of IQL's policy",
+                            score(learner, members(with_actor, 0 if count == 1 else slice(count)))))
+        return out
 
 
 def members(state: dict, chosen) -> dict:
@@ -56,80 +123,49 @@ def members(state: dict, chosen) -> dict:
     return dict(state, **{k: jax.tree.map(lambda x: x[chosen], state[k]) for k in MEMBER_KEYS if k in state})
 
 
-def evaluate_rows(run_dir: str, rows: list[str], episodes: int | None) -> tuple[list[tuple[str, dict]], str]:
-    """[(row name, evaluation)] of one run's final checkpoint, and the run's dataset."""
-    run = Run.open(run_dir)
-    algo = run.config["algo"]
-    config = saved_config(get_algorithm(algo), run)
-    if episodes:
-        config.eval_episodes = episodes
-    n = config.transformers
-    if n < 2:
-        raise SystemExit(f"{run_dir} trained one transformer (--transformers {n}): nothing to split.")
-    if algo == "dt" and set(rows) - {"rules", "members"}:
-        raise SystemExit("--rows sizes, iql-samples and with-samples need a critic: they apply to IPD runs, not DT.")
-    env_id, dataset = prepare(config, load_dataset(config.dataset))
-    score = lambda learner, state: evaluate_final(learner, state, config, env_id, dataset.reference())
-    checkpoint = "checkpoint" if algo == "dt" else "policy_checkpoint"
-    state, _ = run.load_checkpoint(learner_for(algo, config, dataset).init(jax.random.PRNGKey(config.seed)), checkpoint)
-    out = []
-    if "rules" in rows:
-        out.append(("mean action", score(learner_for(algo, config, dataset, ensemble_action="mean"), state)))
-        if algo != "dt":
-            out.append((CRITIC_RULE, score(learner_for(algo, config, dataset, ensemble_action="critic"), state)))
-    if "members" in rows:
-        single = learner_for(algo, config, dataset, transformers=1)
-        out += [(f"member {member}", score(single, members(state, member))) for member in range(n)]
-    if "sizes" in rows:
-        out += [(f"the critic's pick among members 0-{count - 1}",
-                 score(learner_for(algo, config, dataset, transformers=count, ensemble_action="critic"),
-                       members(state, slice(count))))
-                for count in range(2, n)]
-    if {"iql-samples", "with-samples"} & set(rows):
-        settings, iql_state, _ = load_iql_run(config.iql_run, dataset)
-    if "iql-samples" in rows:
-        policy = iql.sample_choice_policy(settings, dataset.act_dim, n)
-        out.append((CONTROL, evaluate(policy, iql_state, env_id, config.eval_episodes, config.eval_seed,
-                                      dataset.reference())))
-    if "with-samples" in rows:
-        with_actor = dict(state, critic=dict(state["critic"], actor=iql_state["actor"]))
-        for count in (1, n):
-            learner = learner_for(algo, config, dataset, transformers=count, ensemble_action="critic", policy_samples=n)
-            label = "member 0" if count == 1 else f"members 0-{count - 1}"
-            out.append((f"the critic's pick among {label} and N samples of IQL's policy",
-                        score(learner, members(with_actor, 0 if count == 1 else slice(count)))))
-    return out, config.dataset
+def by_dataset(by_run: dict[str, float], datasets: dict[str, str]) -> dict[str, list[float]]:
+    """Scores grouped by dataset (the strata of the bootstrap)."""
+    out: dict[str, list[float]] = {}
+    for run, value in by_run.items():
+        out.setdefault(datasets[run], []).append(value)
+    return out
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="one or more runs (e.g. one per seed)")
     parser.add_argument("--episodes", type=int, default=None, help="default: the run's --eval-episodes")
-    parser.add_argument("--rows", nargs="+", choices=ROWS, default=list(ROWS), help="which rows (default: all)")
+    parser.add_argument("--rows", nargs="+", choices=ROWS, help="which rows (default: every row a run can give)")
     parser.add_argument("--json", help="also write every episode's score here")
     args = parser.parse_args()
+    if args.episodes is not None and args.episodes < 1:
+        raise SystemExit(f"--episodes must be >= 1, got {args.episodes}.")
+    runs = {run_dir: SavedRun(run_dir, args.episodes) for run_dir in args.run_dirs}
+    rows = {run_dir: run.rows(args.rows) for run_dir, run in runs.items()}  # every run checked before any is scored
     table: dict[str, dict[str, dict]] = {}  # row -> run -> evaluation
-    datasets = {}
-    for run_dir in args.run_dirs:
-        rows, datasets[run_dir] = evaluate_rows(run_dir, args.rows, args.episodes)
-        for name, result in rows:
+    for run_dir, run in runs.items():
+        for name, result in run.evaluate(rows[run_dir]):
             table.setdefault(name, {})[run_dir] = result
-    scores = {name: {run: result["normalized_mean"] for run, result in runs.items()} for name, runs in table.items()}
+    datasets = {run_dir: run.config.dataset for run_dir, run in runs.items()}
+    if args.json:
+        atomic_write_json(args.json, {"runs": [
+            {"policy": name, "run": run, "dataset": datasets[run], "normalized_score": result.get("normalized_mean"),
+             "episode_scores": result.get("normalized_scores"), "episode_lengths": result["lengths"]}
+            for name, by_run in table.items() for run, result in by_run.items()]})
+    scores = {name: {run: result.get("normalized_mean", float("nan")) for run, result in by_run.items()}
+              for name, by_run in table.items()}
     print("| policy | " + " | ".join(Path(run).name for run in args.run_dirs) + " | mean [95% CI] |")
     print("|---|" + "---|" * (len(args.run_dirs) + 1))
     for name, by_run in scores.items():
-        s = summary({"runs": list(by_run.values())})
-        cells = " | ".join(f"{by_run[run]:.1f}" for run in args.run_dirs)
+        s = summary(by_dataset(by_run, datasets))
+        cells = " | ".join(f"{by_run[run]:.1f}" if run in by_run else "–" for run in args.run_dirs)
         print(f"| {name} | {cells} | {s['mean']:.1f} [{s['mean_ci'][0]:.1f}, {s['mean_ci'][1]:.1f}] |")
     if CRITIC_RULE in scores and CONTROL in scores:
-        d = paired_difference({"runs": list(scores[CRITIC_RULE].values())}, {"runs": list(scores[CONTROL].values())})
+        both = [run for run in args.run_dirs if run in scores[CRITIC_RULE] and run in scores[CONTROL]]
+        d = paired_difference(by_dataset({run: scores[CRITIC_RULE][run] for run in both}, datasets),
+                              by_dataset({run: scores[CONTROL][run] for run in both}, datasets))
         print(f"\ncritic's pick among the members minus the control: {d['mean']:+.1f} "
               f"[{d['mean_ci'][0]:+.1f}, {d['mean_ci'][1]:+.1f}] (n = {d['runs']})")
-    if args.json:
-        atomic_write_json(args.json, {"runs": [
-            {"policy": name, "run": run, "dataset": datasets[run], "normalized_score": result["normalized_mean"],
-             "episode_scores": result["normalized_scores"], "episode_lengths": result["lengths"]}
-            for name, by_run in table.items() for run, result in by_run.items()]})
 
 
 if __name__ == "__main__":

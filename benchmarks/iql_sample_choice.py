@@ -16,7 +16,6 @@ with other rows. A run whose ``results.json`` exists is skipped unless ``--overw
 from __future__ import annotations
 
 import argparse
-import json
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from ipdrl.algos.ipd_stages import load_iql_run
 from ipdrl.data.loading import dataset_label, load_dataset
 from ipdrl.evaluation import evaluate
 from ipdrl.pipelines import prepare
+from ipdrl.runs import Run
 from ipdrl.storage import atomic_write_json
 
 
@@ -42,12 +42,14 @@ def main() -> None:
     args = parser.parse_args()
     if args.samples < 1:
         raise SystemExit(f"--samples must be >= 1, got {args.samples}.")
+    if args.episodes is not None and args.episodes < 1:
+        raise SystemExit(f"--episodes must be >= 1, got {args.episodes}.")
     iql_results = Path(args.iql_run) / "results.json"
     if not iql_results.exists():
         raise SystemExit(f"{args.iql_run} has no results.json: finish its `ipdrl train --algo iql` run first.")
     run_dir = Path(args.run_dir or f"{args.iql_run.rstrip('/')}-choice-of-{args.samples}")
     started = time.perf_counter()
-    saved = json.loads((Path(args.iql_run) / "config.json").read_text())
+    saved = Run.open(args.iql_run).config
     if args.dataset and dataset_label(args.dataset) != dataset_label(saved["dataset"]):
         raise SystemExit(f"--iql-run {args.iql_run} was trained on {saved['dataset']}, not on {args.dataset}.")
     if args.seed is not None and args.seed != saved["seed"]:

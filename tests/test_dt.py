@@ -369,6 +369,14 @@ def test_an_ensemble_trains_its_members_apart_and_acts_with_their_mean_action():
         _, action = jax.jit(learner.policy.act)(params, learner.policy.init_carry(params, 2), obs, jnp.zeros(2),
                                                 jax.random.PRNGKey(0))
         np.testing.assert_allclose(action, expected, rtol=1e-5, atol=1e-6)
+    # One transformer with proposals: the critic chooses between its action and theirs.
+    one = dt.make_learner(dataclasses.replace(config, transformers=1, ensemble_action="critic"), dataset,
+                          returns=returns, critic=toy_critic(0.3)._replace(
+                              proposals=lambda state, obs, key: jnp.full((1, 2, 2), 0.3)))
+    first = dict(params, params=members[0])
+    _, action = jax.jit(one.policy.act)(first, one.policy.init_carry(first, 2), obs, jnp.zeros(2),
+                                        jax.random.PRNGKey(0))
+    np.testing.assert_allclose(action, np.full((2, 2), 0.3), rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="--ensemble-action critic rates the members' actions with a critic"):
         dt.make_learner(dataclasses.replace(config, ensemble_action="critic"), dataset)
     with pytest.raises(ValueError, match="--transformers must be >= 1"):

@@ -226,13 +226,15 @@ def test_advantage_weighting_weights_imitation_by_the_critics_awr_weights(first_
     obs = jnp.asarray(data.observations[:2])
     _, action = jax.jit(learner.policy.act)(params, learner.policy.init_carry(params, 2), obs, jnp.zeros(2),
                                             jax.random.PRNGKey(0))
-    assert action.shape == (2, data.act_dim) and np.all(np.abs(action) <= 1.0)
     members_only = ipd.policy_learner(dataclasses.replace(sampling, policy_samples=0), data, iql_state, labels,
                                       timesteps)
     _, members_action = jax.jit(members_only.policy.act)(params, members_only.policy.init_carry(params, 2), obs,
                                                          jnp.zeros(2), jax.random.PRNGKey(0))
-    q = lambda a: np.asarray(iql.q_value(sampling.iql, iql_state, obs, a))
-    assert np.all(q(action) >= q(members_action) - 1e-5)  # more candidates: never a lower-rated pick
+    # The pick is the best-rated of the members' pick and the step key's draws of IQL's policy.
+    draws = iql.policy_samples(sampling.iql, data.act_dim, 3, params["critic"], obs, jax.random.PRNGKey(0))
+    candidates = np.concatenate([np.asarray(members_action)[None], np.asarray(draws)])
+    q = np.stack([iql.q_value(sampling.iql, iql_state, obs, a) for a in candidates])
+    np.testing.assert_allclose(action, candidates[q.argmax(0), np.arange(2)], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="--policy-samples adds candidates"):
         tiny_config(folder, policy_samples=3)
 

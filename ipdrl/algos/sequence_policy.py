@@ -71,7 +71,7 @@ def sequence_policy(model: DecisionTransformer, length: int, return_scale: float
         """The action at ``position`` of every environment's window."""
         envs = jnp.arange(obs.shape[0])
         one = lambda member: model.apply(member, *window)[envs, position]
-        if members == 1 and ensemble_action == "mean":
+        if members == 1 and (ensemble_action == "mean" or critic.proposals is None):  # nothing to choose among
             return one(params["params"])
         actions = jax.vmap(one)(params["params"]) if members > 1 else one(params["params"])[None]
         if ensemble_action == "mean":
