@@ -148,9 +148,10 @@ def main() -> None:
             table.setdefault(name, {})[run_dir] = result
     datasets = {run_dir: run.config.dataset for run_dir, run in runs.items()}
     if args.json:
-        atomic_write_json(args.json, {"runs": [
-            {"policy": name, "run": run, "dataset": datasets[run], "normalized_score": result.get("normalized_mean"),
-             "episode_scores": result.get("normalized_scores"), "episode_lengths": result["lengths"]}
+        atomic_write_json(args.json, {"runs": [  # the evidence schema of docs/evidence/README.md; method: the row
+            {"method": name, "dataset": datasets[run], "seed": runs[run].config.seed,
+             "normalized_score": result.get("normalized_mean"), "episode_scores": result.get("normalized_scores"),
+             "episode_lengths": result["lengths"], "run_dir": run}
             for name, by_run in table.items() for run, result in by_run.items()]})
     scores = {name: {run: result.get("normalized_mean", float("nan")) for run, result in by_run.items()}
               for name, by_run in table.items()}
