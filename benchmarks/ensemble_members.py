@@ -20,6 +20,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import shlex
+import sys
 from pathlib import Path
 
 import jax
@@ -148,10 +150,14 @@ def main() -> None:
             table.setdefault(name, {})[run_dir] = result
     datasets = {run_dir: run.config.dataset for run_dir, run in runs.items()}
     if args.json:
-        atomic_write_json(args.json, {"runs": [  # the evidence schema of docs/evidence/README.md; method: the row
+        # The evidence schema of docs/evidence/README.md. method: the row; budget: the re-evaluated run's updates
+        # (its config keeps the length it trained for, not the budget's name); command: this re-evaluation.
+        command = shlex.join(["python", "benchmarks/ensemble_members.py", *sys.argv[1:]])
+        atomic_write_json(args.json, {"command": command, "runs": [
             {"method": name, "dataset": datasets[run], "seed": runs[run].config.seed,
              "normalized_score": result.get("normalized_mean"), "episode_scores": result.get("normalized_scores"),
-             "episode_lengths": result["lengths"], "run_dir": run}
+             "episode_lengths": result["lengths"], "budget": f"{runs[run].config.steps} updates",
+             "command": command, "run_dir": run}
             for name, by_run in table.items() for run, result in by_run.items()]})
     scores = {name: {run: result.get("normalized_mean", float("nan")) for run, result in by_run.items()}
               for name, by_run in table.items()}

@@ -344,6 +344,10 @@ class _held:
 def run_row(task: Task) -> dict[str, Any]:
     """The evidence row of a finished run (the schema of ``docs/evidence/README.md``)."""
     results = json.loads((Path(task.run_dir) / "results.json").read_text())
+    if not results.get("normalized_scores"):
+        raise ValueError(f"{task.run_dir}/results.json has no per-episode scores (`normalized_scores`), which "
+                         f"every evidence row lists: it was written by an older ipdrl. Re-evaluate it with "
+                         f"`ipdrl eval {task.run_dir} --save`.")
     return {
         "method": task.method,
         "algo": task.algo,

@@ -5,6 +5,7 @@ per-seed scores; written as ``<docs>/<name>.md`` and ``<docs>/<name>.json`` (sch
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 from typing import Any, Iterable, Sequence
@@ -112,12 +113,25 @@ def overwrite_problem(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
     return None
 
 
+def undefined_as_null(value: Any) -> Any:
+    """NaN (an interval from one seed) as JSON's null: ``NaN`` is not JSON, and strict readers (jq, browsers) refuse
+    the whole file."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {k: undefined_as_null(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [undefined_as_null(v) for v in value]
+    return value
+
+
 def write_report(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path, command: str) -> dict[str, Any]:
     """``<docs>/<name>.json`` (runs + aggregates) and ``<docs>/<name>.md``."""
     aggregates = aggregate(sweep, rows)
     docs = Path(docs)
     atomic_write_json(docs / f"{sweep.name}.json", {
         "table": sweep.name, "command": command, "budget": sweep.budget, "datasets": sweep.datasets,
-        "seeds": sweep.seeds, "made": time.strftime("%Y-%m-%d"), "runs": rows, "aggregates": aggregates})
+        "seeds": sweep.seeds, "made": time.strftime("%Y-%m-%d"), "runs": rows,
+        "aggregates": undefined_as_null(aggregates)})
     atomic_write_bytes(docs / f"{sweep.name}.md", markdown(sweep, rows, aggregates, command).encode())
     return aggregates

@@ -213,3 +213,33 @@ def test_a_methods_seeds_train_together_split_so_that_every_worker_has_a_job():
     alone.group_seeds = False
     assert [job.command for job in sweeps.jobs(alone, sweeps.tasks(alone), 1)] == \
         [task.command for task in sweeps.tasks(alone)]
+
+
+def test_a_run_without_per_episode_scores_is_named_with_the_command_that_fixes_it(tmp_path):
+    sweep = sweeps.Sweep(name="t", datasets=["d"], seeds=[0], out=str(tmp_path),
+                         methods=[sweeps.Method(name="iql", algo="iql")])
+    [task] = sweeps.tasks(sweep)
+    Path(task.run_dir).mkdir(parents=True)
+    results = {"normalized_mean": 12.0, "normalized_scores": [11.0, 13.0], "steps": 5}
+    (Path(task.run_dir) / "results.json").write_text(json.dumps(results))
+    assert sweeps.run_row(task)["episode_scores"] == [11.0, 13.0]
+    (Path(task.run_dir) / "results.json").write_text(json.dumps({**results, "normalized_scores": None}))
+    with pytest.raises(ValueError, match=f"ipdrl eval {task.run_dir} --save"):
+        sweeps.run_row(task)
+
+
+def test_a_one_seed_table_writes_its_missing_intervals_as_null_so_strict_json_readers_accept_it(tmp_path):
+    from ipdrl import tables
+
+    sweep = sweeps.Sweep(name="t", datasets=["d"], seeds=[0], methods=[sweeps.Method(name="iql", algo="iql")])
+    row = {"method": "iql", "dataset": "d", "seed": 0, "normalized_score": 10.0, "episode_scores": [10.0],
+           "budget": "cpu", "command": "ipdrl train"}
+    tables.write_report(sweep, [row], tmp_path, "ipdrl sweep t.toml")
+
+    def refuse(constant):
+        raise ValueError(f"{constant} is not JSON")
+
+    table = json.loads((tmp_path / "t.json").read_text(), parse_constant=refuse)
+    [cell] = table["aggregates"]["per_dataset"]
+    assert cell["mean"] == 10.0 and cell["mean_ci"] == [None, None]
+    assert "10.0" in (tmp_path / "t.md").read_text()

@@ -270,8 +270,9 @@ def choose_adaptation(config: Config, dataset: Dataset, env_id: str, run: Run, b
 def evaluate(config: Config, dataset: Dataset, run: Run, env_id: str, train: bool = False) -> dict[str, Any]:
     """Evaluate the base and the adapted policy on the same evaluation seeds (``ipdrl eval RUN_DIR``).
 
-    The reported score (top-level ``normalized_mean``/``return_mean``) is the adapted policy's when adaptation
-    was chosen, else the base policy's; both results are kept under ``base`` and ``adapted``.
+    The reported result (top level: ``normalized_mean``, ``return_mean`` and the per-episode lists, as every
+    algorithm's) is the adapted policy's when adaptation was chosen, else the base policy's; both results are also
+    kept under ``base`` and ``adapted``.
     """
     base = load_base(config, dataset, run, env_id, train)
     models = load_world_models(config, dataset, run, critic_reward_scale(base), train)
@@ -282,8 +283,7 @@ def evaluate(config: Config, dataset: Dataset, run: Run, env_id: str, train: boo
     adapted_result = timed_evaluation(policy, policy_params(base, models, choice["lr"]), env_id,
                                       config.eval_episodes, config.eval_seed, dataset)
     chosen = adapted_result if choice["adapt"] else base_result
-    headline = {k: v for k, v in chosen.items() if not isinstance(v, list)}
-    return {**headline, "steps": base.settings.steps, "reported": "adapted" if choice["adapt"] else "base",
+    return {**chosen, "steps": base.settings.steps, "reported": "adapted" if choice["adapt"] else "base",
             "adaptation": choice,
             "base": base_result, "adapted": adapted_result, "base_policy": base.source, "world_models": models.info,
             "planner": {"model": config.model.kind, **dataclasses.asdict(config.planner)}}

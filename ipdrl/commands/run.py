@@ -25,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from ipdrl import presets, statistics, sweeps
+from ipdrl import presets, statistics, sweeps, tables
 from ipdrl.algos import dt, ipd, ipd_stages, iql
 from ipdrl.data.loading import load_dataset
 from ipdrl.evaluation import evaluate
@@ -260,4 +260,5 @@ def seeds_report(args: Args, summaries: dict[int, dict[str, Any]], seconds: floa
              "command": " ".join(["ipdrl", *seed_command(args, seed, Path(args.out) / f"seed-{seed}")[3:]])}
             for name in first["methods"] for seed in seeds]
     return {"table": "\n".join(lines), "dataset": first["dataset"], "budget": args.budget, "seeds": seeds,
-            "seconds": seconds, "runs": runs, "aggregates": {"methods": stats, "paired": paired}}
+            "seconds": seconds, "runs": runs,
+            "aggregates": tables.undefined_as_null({"methods": stats, "paired": paired})}
