@@ -165,7 +165,7 @@ def test_antmaze_presets_are_the_papers():
     assert (ipd.iql.steps, ipd.iql.expectile) == (400_000, 0.9)
     rebrac = presets.make_config(get_algorithm("rebrac"), "antmaze-medium-diverse", "cpu")
     assert (rebrac.discount, rebrac.actor_bc, rebrac.critic_bc, rebrac.critic_lr) == (0.999, 0.001, 0.0, 5e-5)
-    assert rebrac.steps == 400_000  # its own curve: nothing reached before 250k updates (Gym's cpu: 100k)
+    assert rebrac.steps == 400_000  # its own AntMaze budget, not the Gym one
     assert presets.make_config(get_algorithm("dwm-mpc"), umaze, "cpu").rebrac.steps == 400_000  # DWM-MPC's base
     dt = presets.make_config(get_algorithm("dt"), umaze, "cpu")
     assert (dt.target_return, dt.return_scale) == (1.0, 1.0)
