@@ -181,13 +181,13 @@ def worker_policy(worker: Worker, act_dim: int):
     return Policy(init_carry=lambda params, num_envs: jnp.zeros((), jnp.int32), act=act)
 
 
-def evaluate_worker(worker: Worker, env_id: str, dataset_name: str, act_dim: int, episodes: int,
+def evaluate_worker(worker: Worker, env_id: str, reference: envs.Reference | None, act_dim: int, episodes: int,
                     eval_seed: int) -> dict[str, Any]:
     """ipdrl's evaluator on the worker's policy; a worker that dies meanwhile is reported as such."""
     from ipdrl.evaluation import evaluate
 
     try:
-        return evaluate(worker_policy(worker, act_dim), {}, env_id, episodes, eval_seed, dataset_name)
+        return evaluate(worker_policy(worker, act_dim), {}, env_id, episodes, eval_seed, reference)
     except Exception:
         if worker.process.poll() is not None:  # JAX wraps the callback's error; say what actually happened
             raise worker.failure("while acting") from None
@@ -248,8 +248,8 @@ def main(argv: list[str] | None = None) -> None:
     env = envs.make_env(env_id)
     envs.check_dims(env, dataset.obs_dim, dataset.act_dim, f"dataset {name!r}")
     env.close()
-    act_dim = dataset.act_dim
-    del dataset  # only its name, metadata and dims were needed here; the worker reads the file itself
+    act_dim, reference = dataset.act_dim, dataset.reference()
+    del dataset  # only its name, metadata, dims and reference were needed here; the worker reads the file itself
     python = ensure_d3rlpy_venv()
 
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -260,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
         worker = Worker(command, log)
         try:
             trained = worker.receive("while training")
-            result = evaluate_worker(worker, env_id, name, act_dim, config.eval_episodes, config.eval_seed)
+            result = evaluate_worker(worker, env_id, reference, act_dim, config.eval_episodes, config.eval_seed)
         finally:
             worker.close()
         result.update(

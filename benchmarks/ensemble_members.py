@@ -108,8 +108,8 @@ class SavedRun:
             settings, iql_state, _ = load_iql_run(config.iql_run, self.dataset)
         if "iql-samples" in rows:
             policy = iql.sample_choice_policy(settings, self.dataset.act_dim, n)
-            out.append((CONTROL, evaluate(policy, iql_state, env_id, config.eval_episodes, config.eval_seed,
-                                          self.dataset.reference())))
+            out.append((CONTROL, dict(evaluate(policy, iql_state, env_id, config.eval_episodes, config.eval_seed,
+                                               self.dataset.reference()), budget=f"{settings.steps} updates")))
         if "with-samples" in rows:
             with_actor = dict(state, critic=dict(state["critic"], actor=iql_state["actor"]))
             for count in (1, n):
@@ -150,13 +150,13 @@ def main() -> None:
             table.setdefault(name, {})[run_dir] = result
     datasets = {run_dir: run.config.dataset for run_dir, run in runs.items()}
     if args.json:
-        # The evidence schema of docs/evidence/README.md. method: the row; budget: the re-evaluated run's updates
-        # (its config keeps the length it trained for, not the budget's name); command: this re-evaluation.
+        # The evidence schema of docs/evidence/README.md. method: the row; budget: the updates of the network that
+        # acts (a config keeps the length it trained for, not the budget's name); command: this re-evaluation.
         command = shlex.join(["python", "benchmarks/ensemble_members.py", *sys.argv[1:]])
         atomic_write_json(args.json, {"command": command, "runs": [
             {"method": name, "dataset": datasets[run], "seed": runs[run].config.seed,
              "normalized_score": result.get("normalized_mean"), "episode_scores": result.get("normalized_scores"),
-             "episode_lengths": result["lengths"], "budget": f"{runs[run].config.steps} updates",
+             "episode_lengths": result["lengths"], "budget": result.get("budget", f"{runs[run].config.steps} updates"),
              "command": command, "run_dir": run}
             for name, by_run in table.items() for run, result in by_run.items()]})
     scores = {name: {run: result.get("normalized_mean", float("nan")) for run, result in by_run.items()}

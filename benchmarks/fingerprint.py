@@ -59,8 +59,9 @@ def fingerprint_run(run_dir: Path) -> dict:
     metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
     files = {str(p.relative_to(run_dir)): array_hashes(p)
              for p in sorted(run_dir.rglob("*")) if p.suffix in (".msgpack", ".hdf5")}
-    evaluations = [results] + [results[k] for k in ("base", "adapted") if isinstance(results.get(k), dict)]
-    evaluations = [e for e in evaluations if "returns" in e]  # DWM-MPC: the base and the adapted policy
+    # DWM-MPC: the base and the adapted policy (its top level repeats the reported one); others: the top level
+    evaluations = [results[k] for k in ("base", "adapted") if isinstance(results.get(k), dict)] or [results]
+    evaluations = [e for e in evaluations if "returns" in e]
     return {
         "returns": [[repr(x) for x in e["returns"]] for e in evaluations],
         "lengths": [e["lengths"] for e in evaluations],

@@ -344,10 +344,11 @@ class _held:
 def run_row(task: Task) -> dict[str, Any]:
     """The evidence row of a finished run (the schema of ``docs/evidence/README.md``)."""
     results = json.loads((Path(task.run_dir) / "results.json").read_text())
-    if not results.get("normalized_scores"):
-        raise ValueError(f"{task.run_dir}/results.json has no per-episode scores (`normalized_scores`), which "
-                         f"every evidence row lists: it was written by an older ipdrl. Re-evaluate it with "
-                         f"`ipdrl eval {task.run_dir} --save`.")
+    if results.get("normalized_mean") is not None and results.get("normalized_scores") is None:
+        raise ValueError(f"{task.run_dir}/results.json has a score but no per-episode scores "
+                         f"(`normalized_scores`), which every evidence row lists: it was written by an older ipdrl. "
+                         f"Re-evaluate it with `ipdrl eval {task.run_dir} --save` (a `program` row: rerun its "
+                         f"program with --overwrite).")
     return {
         "method": task.method,
         "algo": task.algo,

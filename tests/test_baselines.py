@@ -72,7 +72,7 @@ def test_presets_pick_per_dataset_betas_and_iql_domains():
     assert (hopper.actor_bc, hopper.critic_bc, hopper.batch_size, hopper.steps) == (0.05, 0.5, 1024, 1_000_000)
     assert (cheetah.actor_bc, cheetah.critic_bc) == (0.001, 0.1)
     assert make_config(rebrac, "walker2d-random", "cpu").critic_bc == 0.0
-    assert len(rebrac.PRESETS) == 1 + 15 + 6  # antmaze; 5 levels x 3 Gym tasks; 6 AntMaze datasets
+    assert len(rebrac.PRESETS) == 2 + 15 + 6  # antmaze and its cpu length; 5 levels x 3 Gym tasks; 6 AntMaze datasets
     assert make_config(rebrac, "antmaze-umaze-diverse", "cpu").critic_bc == 0.001
     maze = make_config(iql, "antmaze-large-diverse-v2", "paper")
     assert (maze.expectile, maze.temperature, maze.reward_mode) == (0.9, 10.0, "antmaze")

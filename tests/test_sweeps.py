@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -224,8 +225,11 @@ def test_a_run_without_per_episode_scores_is_named_with_the_command_that_fixes_i
     (Path(task.run_dir) / "results.json").write_text(json.dumps(results))
     assert sweeps.run_row(task)["episode_scores"] == [11.0, 13.0]
     (Path(task.run_dir) / "results.json").write_text(json.dumps({**results, "normalized_scores": None}))
-    with pytest.raises(ValueError, match=f"ipdrl eval {task.run_dir} --save"):
+    with pytest.raises(ValueError, match=re.escape(f"ipdrl eval {task.run_dir} --save")):
         sweeps.run_row(task)
+    unscored = {"normalized_mean": None, "normalized_scores": None, "return_mean": 5.0}  # no reference table
+    (Path(task.run_dir) / "results.json").write_text(json.dumps(unscored))
+    assert sweeps.run_row(task)["normalized_score"] is None
 
 
 def test_a_one_seed_table_writes_its_missing_intervals_as_null_so_strict_json_readers_accept_it(tmp_path):
