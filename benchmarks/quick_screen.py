@@ -44,6 +44,7 @@ def main() -> int:
                 subprocess.check_call(["ipdrl", "run", "--seeds", str(seed), "--out", str(out)], cwd=REPO)
         subprocess.check_call([sys.executable, "-m", "ipdrl", "sweep", str(DEFINITION), "--workers", "1",
                                "--docs", "/tmp/quick-screen-sweep"], cwd=REPO)
+    sweeps.handle_stale(sweep)  # the sweep above refuses them too; --report-only must not tabulate them silently
     rows = main_job_rows(sweep.seeds) + [sweeps.run_row(t) for t in sweeps.tasks(sweep) if t.done()]
     sweep.methods = [sweeps.Method(name="dt", algo="dt"), sweeps.Method(name="iql", algo="iql"), *sweep.methods]
     sweep.paired = [[m.name, "dt"] for m in sweep.methods[2:]]

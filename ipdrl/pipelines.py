@@ -3,18 +3,81 @@ training in a run directory (progress, logs, checkpoints, resume) -> results.jso
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
+import logging
 import time
 from pathlib import Path
 from typing import Any
 
-from ipdrl import envs
-from ipdrl.algos import Algorithm, as_algorithm
+from ipdrl import envs, presets
+from ipdrl.algos import Algorithm, as_algorithm, available, get_algorithm
 from ipdrl.config import RunConfig, config_from_json
 from ipdrl.data.dataset import Dataset
 from ipdrl.data.loading import dataset_label, load_dataset
 from ipdrl.runs import Run
 from ipdrl.training import SEED_BATCHING
+
+log = logging.getLogger("ipdrl")
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainArgs:
+    """What an ``ipdrl train`` command line asks for."""
+
+    algorithm: Algorithm
+    config: RunConfig
+    seeds: list[int] | None
+    seed_batching: str
+
+
+def parse_train_args(argv: list[str]) -> TrainArgs | None:
+    """The algorithm and resolved config of ``ipdrl train ARGV`` (the preset of --budget and --dataset, then the
+    flags), or None without --algo. ``ipdrl sweep`` resolves its finished runs' commands the same way to find those
+    trained with other settings."""
+    import tyro
+
+    pre = argparse.ArgumentParser(prog="ipdrl train", add_help=False, allow_abbrev=False)
+    pre.add_argument("--algo", choices=available())
+    pre.add_argument("--budget", default="cpu", choices=presets.BUDGET_NAMES)
+    pre.add_argument("--dataset", default="embedded")
+    pre.add_argument("--seeds", type=int, nargs="+", default=None)
+    pre.add_argument("--seed-batching", default="map")
+    known, rest = pre.parse_known_args(argv)
+    if known.algo is None:
+        return None
+    algorithm = get_algorithm(known.algo)
+    default = presets.make_config(algorithm, known.dataset, known.budget)
+    config = tyro.cli(algorithm.Config, default=default, args=translate_legacy_flags(algorithm, rest),
+                      prog=f"ipdrl train --algo {known.algo} --budget {known.budget}",
+                      description=algorithm.summary + ("" if algorithm.train_seeds is None else
+                                                       " Several seeds in one process: --seeds S1 S2 ... "
+                                                       "[--seed-batching map|vmap] (--run-dir then needs {seed})."))
+    return TrainArgs(algorithm, config, known.seeds, known.seed_batching)
+
+
+def translate_legacy_flags(algorithm: Algorithm, argv: list[str]) -> list[str]:
+    """Rewrite flags of an earlier release to their current spelling, with a warning naming both. An old flag that
+    now sets several (``--model-lr``) takes one value and passes it to each."""
+    out: list[str] = []
+    args = iter(argv)
+    for arg in args:
+        flag, equals, value = arg.partition("=")
+        current = algorithm.legacy_flags.get(flag)
+        if current is None:
+            out.append(arg)
+            continue
+        log.warning("ipdrl train --algo %s: %s is now %s; the old spelling goes in the next release", algorithm.name,
+                    flag, " and ".join(current))
+        if len(current) == 1:
+            out.append(current[0] + equals + value)
+            continue
+        if not equals:
+            value = next(args, None)
+            if value is None:
+                raise ValueError(f"{flag} needs a value.")
+        out += [f"{name}={value}" for name in current]
+    return out
 
 
 def default_run_dir(algo: str, config: RunConfig) -> Path:

@@ -51,10 +51,7 @@ class Run:
                     f"run directory {run.path} already holds a run. Pass --resume to continue it, or choose "
                     f"another --run-dir."
                 )
-            saved = json.loads(config_path.read_text())
-            fresh = json.loads(json.dumps(dict(config), default=json_default))
-            saved = {**json.loads(json.dumps(dict(defaults or {}), default=json_default)), **saved}
-            changed = {k for k in set(saved) | set(fresh) if saved.get(k) != fresh.get(k) and k not in _RESUME_FREE}
+            changed = run.changed_settings(config, defaults)
             if changed:
                 raise ValueError(
                     f"cannot resume {run.path}: the configuration differs in {sorted(changed)}. Resume with the "
@@ -64,6 +61,16 @@ class Run:
         atomic_write_json(config_path, dict(config))
         run._attach_file_log()
         return run
+
+    def changed_settings(self, config: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+                         ) -> dict[str, tuple[Any, Any]]:
+        """``{setting: (saved, given)}`` for every setting of ``config`` that differs from this run's saved one,
+        nested settings as ``stage.name``. A setting the saved config lacks (the run predates it) counts as
+        ``defaults``' value of it; settings that only change how a run is followed (``_RESUME_FREE``) are left out."""
+        given = json.loads(json.dumps(dict(config), default=json_default))
+        saved = _with_defaults(self.config, json.loads(json.dumps(dict(defaults or {}), default=json_default)))
+        return {name: values for name, values in _differences(saved, given).items()
+                if name.split(".")[0] not in _RESUME_FREE}
 
     @classmethod
     def open(cls, path: str | Path) -> "Run":
@@ -227,3 +234,23 @@ class Run:
 
 # Settings that may change between a run and its resumption without changing its result.
 _RESUME_FREE = {"resume", "run_dir", "progress"}
+
+
+def _with_defaults(saved: Mapping[str, Any], defaults: Mapping[str, Any]) -> dict[str, Any]:
+    """``saved`` with what it lacks taken from ``defaults``, nested settings key by key."""
+    merged = {**defaults, **saved}
+    for name, value in saved.items():
+        if isinstance(value, dict) and isinstance(defaults.get(name), dict):
+            merged[name] = _with_defaults(value, defaults[name])
+    return merged
+
+
+def _differences(saved: Mapping[str, Any], given: Mapping[str, Any], prefix: str = "") -> dict[str, tuple[Any, Any]]:
+    found: dict[str, tuple[Any, Any]] = {}
+    for name in sorted(set(saved) | set(given)):
+        old, new = saved.get(name), given.get(name)
+        if isinstance(old, dict) and isinstance(new, dict):
+            found.update(_differences(old, new, f"{prefix}{name}."))
+        elif old != new:
+            found[prefix + name] = (old, new)
+    return found

@@ -29,8 +29,9 @@ A sweep is defined in a TOML or YAML file (or by flags: ``ipdrl sweep --algos ..
     flags = ["--expectile", "0.9"]
 
 Every run is a subprocess (its own XLA, one core's worth of threads, killed with its worker): the task of a run
-whose ``results.json`` exists is skipped, an interrupted one continues from its checkpoint (``--resume``), and a
-failed one is reported with the tail of its log while the others go on. The seeds of one method on one dataset
+whose ``results.json`` exists is skipped (unless its settings are no longer what its command gives:
+:func:`handle_stale`), an interrupted one continues from its checkpoint (``--resume``), and a failed one is
+reported with the tail of its log while the others go on. The seeds of one method on one dataset
 train together in one process (``ipdrl train --seeds``, ``map`` batching: bit-identical to separate runs, one
 compilation and one dataset load for all; docs/benchmarks/seeds-*.json measures it faster than separate
 processes), split into as many processes as it takes to give every worker one; IPD (several stages), other
@@ -49,6 +50,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -151,6 +153,79 @@ class Task:
     def done(self) -> bool:
         return (Path(self.run_dir) / "results.json").exists()
 
+    def changed_settings(self) -> dict[str, tuple[Any, Any]]:
+        """``{setting: (trained with, asked for now)}`` where this ``ipdrl train`` run's ``config.json`` differs from
+        what its command resolves to today (a preset or a default changed since it was started); empty where they
+        agree, where it has not started, and for another program's run. Where its inputs live
+        (:data:`LOCATION_SETTINGS`) is not compared: a sweep moved to another ``out`` is the same sweep."""
+        if self.command[:len(IPDRL_TRAIN)] != tuple(IPDRL_TRAIN) or not Path(self.run_dir, "config.json").exists():
+            return {}
+        from ipdrl.pipelines import config_dict, parse_train_args
+        from ipdrl.runs import Run
+
+        flags = self.command[len(IPDRL_TRAIN):]
+        try:
+            parsed = parse_train_args(list(flags))
+        except SystemExit:  # tyro has printed why
+            raise ValueError(f"`ipdrl train {' '.join(flags)}` (method {self.method}) no longer parses, see above: "
+                             f"fix the sweep's flags for this version of ipdrl.") from None
+        name = parsed.algorithm.name
+        changed = Run.open(self.run_dir).changed_settings(config_dict(name, parsed.config),
+                                                          config_dict(name, type(parsed.config)()))
+        return {key: values for key, values in changed.items() if key not in LOCATION_SETTINGS}
+
+
+# Settings that say where a run's inputs are (the sweep's `out` is in them), not how it trains.
+LOCATION_SETTINGS = {"cache_dir", "iql_run", "world_model", "base_run", "models_from"}
+STALE_CHOICES = ("refuse", "retrain", "keep")
+
+
+def stale_runs(sweep: Sweep) -> dict[Task, str]:
+    """The started runs whose settings are not what their command gives now, each with what changed; a run that
+    comes after another (DWM-MPC on its ReBRAC base) is stale too when that one is, or finished after it."""
+    found: dict[Task, str] = {}
+    every = tasks(sweep)
+    by_key = {(task.method, task.dataset, task.seed): task for task in every}
+    for task in every:
+        changed = task.changed_settings()
+        if changed:
+            found[task] = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+        elif task.after is not None and Path(task.run_dir, "config.json").exists():
+            before = by_key.get((task.after, task.dataset, task.seed))
+            results = Path(_run_dir(sweep, task.after, task.dataset, task.seed), "results.json")
+            if before in found:
+                found[task] = f"it comes after {before.run_dir}, which is stale"
+            elif task.done() and results.exists() and results.stat().st_mtime > \
+                    Path(task.run_dir, "results.json").stat().st_mtime:
+                found[task] = f"{results} was written after it: its {task.after} run was trained again"
+    return found
+
+
+def handle_stale(sweep: Sweep, policy: str = "refuse") -> list[Path]:
+    """Apply ``policy`` (:data:`STALE_CHOICES`) to :func:`stale_runs`: ``refuse`` raises a ValueError listing them,
+    ``retrain`` moves each aside to ``<out>/.stale/TIME/<method>/`` (kept, not deleted) so that the sweep trains it
+    again, ``keep`` leaves them to be tabulated as they are. Returns where the runs were moved."""
+    require(policy in STALE_CHOICES, f"unknown stale-run policy {policy!r}; choose one of {STALE_CHOICES}.")
+    stale = stale_runs(sweep)
+    if not stale or policy == "keep":
+        return []
+    if policy == "refuse":
+        listed = "\n".join(f"  {task.run_dir}: {why}" for task, why in stale.items())
+        raise ValueError(f"sweep {sweep.name}: {len(stale)} run(s) were started with other settings than their "
+                         f"command gives now (a preset or default changed since):\n{listed}\nRun the sweep with "
+                         f"--retrain-stale (not --report-only) to move them aside to {Path(sweep.out) / '.stale'} and "
+                         f"train them again, or with --keep-stale to tabulate the finished ones as they are.")
+    aside = Path(sweep.out) / ".stale" / time.strftime("%Y%m%d-%H%M%S")
+    moved = []
+    for task in stale:
+        target = aside / task.method / Path(task.run_dir).name
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(task.run_dir, target)
+        log.warning("sweep %s: %s was started with other settings (%s); moved to %s to train it again",
+                    sweep.name, task.run_dir, stale[task], target)
+        moved.append(target)
+    return moved
+
 
 def load(path: str | Path) -> Sweep:
     """A sweep from a ``.toml``, ``.yaml`` or ``.yml`` file."""
@@ -185,7 +260,7 @@ def tasks(sweep: Sweep) -> list[Task]:
         budget = method.budget or sweep.budget
         for dataset in method.datasets or sweep.datasets:
             for seed in method.seeds if method.seeds is not None else sweep.seeds:
-                run_dir = _run_dir(sweep, method, dataset, seed)
+                run_dir = _run_dir(sweep, method.name, dataset, seed)
                 if method.program is None:
                     command = _train_command(sweep, method, budget, dataset, ["--seed", str(seed)], run_dir)
                 else:
@@ -197,9 +272,9 @@ def tasks(sweep: Sweep) -> list[Task]:
     return found
 
 
-def _run_dir(sweep: Sweep, method: Method, dataset: str, seed: int | str) -> str:
+def _run_dir(sweep: Sweep, method: str, dataset: str, seed: int | str) -> str:
     """``<out>/<method>/<label>-s<seed>`` (``seed`` "{seed}": the pattern ``ipdrl train --seeds`` fills in)."""
-    return str(Path(sweep.out) / method.name / f"{dataset_label(dataset)}-s{seed}")
+    return str(Path(sweep.out) / method / f"{dataset_label(dataset)}-s{seed}")
 
 
 def _train_command(sweep: Sweep, method: Method, budget: str, dataset: str, seeds: list[str], run_dir: str
@@ -270,7 +345,7 @@ def _seeds_command(sweep: Sweep, method: Method, runs: tuple[Task, ...]) -> tupl
     first = runs[0]
     seeds = ["--seeds", *(str(task.seed) for task in runs)]
     command = _train_command(sweep, method, first.budget, first.dataset, seeds,
-                             _run_dir(sweep, method, first.dataset, "{seed}"))
+                             _run_dir(sweep, method.name, first.dataset, "{seed}"))
     return tuple(command + _flags(sweep, method, first.dataset, None))
 
 
@@ -382,12 +457,14 @@ def local_cluster(workers: int):
 
 
 # ---- running a sweep ----------------------------------------------------------------------------------------------
-def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, progress: bool = True
-        ) -> tuple[list[dict[str, Any]], list[str]]:
-    """Run every run not done yet on Dask (as :func:`jobs`); returns (rows of the finished runs, failure reports)."""
+def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, progress: bool = True,
+        stale: str = "refuse") -> tuple[list[dict[str, Any]], list[str]]:
+    """Run every run not done yet on Dask (as :func:`jobs`), after applying the ``stale`` policy to finished runs
+    whose settings changed (:func:`handle_stale`); returns (rows of the finished runs, failure reports)."""
     from distributed import Client, as_completed
     from tqdm.auto import tqdm
 
+    handle_stale(sweep, stale)
     todo = [task for task in tasks(sweep) if not task.done()]
     env = {"IPDRL_DATASETS": os.pathsep.join(filter(None, [os.environ.get("IPDRL_DATASETS"), sweep.datasets_dir]))}
     failures: list[str] = []

@@ -71,6 +71,13 @@ def test_run_directory_resume_rules_and_metrics(tmp_path):
     with pytest.raises(ValueError, match=r"differs in \['ensemble'\]"):
         Run.create(tmp_path / "r2", dict(newer, ensemble=5), resume=True, defaults=newer)
     Run.create(tmp_path / "r2", newer, resume=True, defaults=newer)
+    # The same inside a nested stage's settings, named by its path.
+    Run.create(tmp_path / "r3", {"algo": "ipd", "iql": {"steps": 5}})
+    with pytest.raises(ValueError, match=r"differs in \['iql.expectile'\]"):
+        Run.create(tmp_path / "r3", {"algo": "ipd", "iql": {"steps": 5, "expectile": 0.9}}, resume=True,
+                   defaults={"iql": {"steps": 1, "expectile": 0.7}})
+    Run.create(tmp_path / "r3", {"algo": "ipd", "iql": {"steps": 5, "expectile": 0.7}}, resume=True,
+               defaults={"iql": {"steps": 1, "expectile": 0.7}})
 
 
 def test_corrupt_checkpoint_is_a_clear_error(tmp_path):
@@ -230,7 +237,7 @@ def test_an_algorithm_of_ones_own_registers_and_trains_through_the_pipeline(tmp_
 
 def test_flat_flags_of_the_earlier_release_still_set_the_nested_dwm_settings(caplog):
     from ipdrl.algos import get_algorithm
-    from ipdrl.commands.train import translate_legacy_flags
+    from ipdrl.pipelines import translate_legacy_flags
 
     dwm = get_algorithm("dwm-mpc")
     with caplog.at_level("WARNING", logger="ipdrl"):

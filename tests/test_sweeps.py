@@ -247,3 +247,58 @@ def test_a_one_seed_table_writes_its_missing_intervals_as_null_so_strict_json_re
     [cell] = table["aggregates"]["per_dataset"]
     assert cell["mean"] == 10.0 and cell["mean_ci"] == [None, None]
     assert "10.0" in (tmp_path / "t.md").read_text()
+
+
+def test_a_finished_run_whose_preset_changed_is_named_and_retrained_only_when_asked(tmp_path, monkeypatch, capsys):
+    """A preset that changes after a run finished (ReBRAC's AntMaze budget did) must not leave the old run in the
+    table unnoticed: the sweep names it and what changed, and moves it aside to train it again only when asked."""
+    from ipdrl.algos import get_algorithm
+    from ipdrl.commands.sweep import main as sweep_main
+    from ipdrl.pipelines import config_dict, parse_train_args
+
+    sweep = sweeps.Sweep(name="t", datasets=["embedded"], seeds=[0], out=str(tmp_path / "out"), methods=[
+        sweeps.Method(name="bc", algo="bc"),
+        sweeps.Method(name="bc-after", algo="bc", after="bc", flags=["--steps", "50"]),  # not the preset's
+        sweeps.Method(name="other", algo="bc", program=["python", "other.py"])])
+    first, second, other = sweeps.tasks(sweep)
+    for task in (first, second, other):
+        Path(task.run_dir).mkdir(parents=True)
+        command = (task if task is not other else first).command
+        parsed = parse_train_args(list(command[len(sweeps.IPDRL_TRAIN):]))
+        (Path(task.run_dir) / "config.json").write_text(json.dumps(config_dict("bc", parsed.config)))
+        (Path(task.run_dir) / "results.json").write_text(json.dumps({"normalized_mean": None}))
+    assert sweeps.stale_runs(sweep) == {} and sweeps.handle_stale(sweep) == []
+
+    steps = get_algorithm("bc").budgets["cpu"]["steps"]
+    monkeypatch.setitem(get_algorithm("bc").budgets["cpu"], "steps", steps + 1)
+    stale = sweeps.stale_runs(sweep)  # another program's run is not ipdrl's to judge
+    assert stale == {first: f"steps {steps} -> {steps + 1}",
+                     second: f"it comes after {first.run_dir}, which is stale"}
+    flags = ["--out", sweep.out, "--datasets", "embedded", "--seeds", "0", "--docs", str(tmp_path / "docs")]
+    file = tmp_path / "t.toml"
+    file.write_text('name = "t"\ndatasets = ["embedded"]\nseeds = [0]\n[[methods]]\nname = "bc"\nalgo = "bc"\n'
+                    '[[methods]]\nname = "bc-after"\nalgo = "bc"\nafter = "bc"\n'
+                    'flags = ["--steps", "50"]\n')
+    assert sweep_main([str(file), *flags, "--report-only"]) == 1
+    refused = capsys.readouterr().err
+    assert f"{first.run_dir}: steps {steps} -> {steps + 1}" in refused and "--retrain-stale" in refused
+    assert not (tmp_path / "docs" / "t.json").exists()
+    assert sweep_main([str(file), *flags, "--dry-run", "--retrain-stale"]) == 0
+    assert capsys.readouterr().out.count("to run ") == 2
+    assert sweep_main([str(file), *flags, "--report-only", "--keep-stale"]) == 0
+    assert len(json.loads((tmp_path / "docs" / "t.json").read_text())["runs"]) == 2
+
+    moved = sweeps.handle_stale(sweep, "retrain")
+    assert len(moved) == 2 and not first.done() and not second.done() and other.done()
+    assert all((path / "results.json").exists() and ".stale" in path.parts for path in moved)
+
+    # the base trained again after the run that comes after it: that run is stale, even with only its method asked
+    for task, when in ((second, 1), (first, 2)):
+        Path(task.run_dir).mkdir(parents=True)
+        parsed = parse_train_args(list(task.command[len(sweeps.IPDRL_TRAIN):]))
+        (Path(task.run_dir) / "config.json").write_text(json.dumps(config_dict("bc", parsed.config)))
+        (Path(task.run_dir) / "results.json").write_text("{}")
+        os.utime(Path(task.run_dir) / "results.json", (when, when))
+    sweep.methods = sweep.methods[1:2]
+    assert list(sweeps.stale_runs(sweep).values()) == [
+        f"{first.run_dir}/results.json was written after it: its bc run was trained again"]

@@ -37,6 +37,13 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--report-only", action="store_true", help="write the table from the runs that are done")
     parser.add_argument("--overwrite", action="store_true",
                         help="write the table even where that drops results the existing one holds")
+    stale = parser.add_mutually_exclusive_group()
+    stale.add_argument("--retrain-stale", dest="stale", action="store_const", const="retrain", default="refuse",
+                       help="finished runs trained with other settings than their command gives now (a preset "
+                            "changed since) are moved aside to RUN_DIR.stale-TIME and trained again (default: the "
+                            "sweep lists them and stops)")
+    stale.add_argument("--keep-stale", dest="stale", action="store_const", const="keep",
+                       help="tabulate such runs as they are")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
     args = parser.parse_args(argv)
 
@@ -60,22 +67,24 @@ def main(argv: list[str]) -> int:
     if not args.file:
         sweep.out = args.out or f"runs/sweeps/{sweep.name}"
 
-    if args.dry_run:
-        every = sweeps.tasks(sweep)
-        for task in every:
-            if task.done():
-                print(f"done    {shlex.join(task.command)}")
-        workers = args.workers or (1 if args.scheduler else len(os.sched_getaffinity(0)))
-        for job in sweeps.jobs(sweep, [task for task in every if not task.done()], workers):
-            print(f"to run  {shlex.join(job.command)}")
-        return 0
+    if args.report_only and args.stale == "retrain":
+        parser.error("--retrain-stale trains, --report-only does not: drop one")
     failures: list[str] = []
-    if args.report_only:
-        rows = [sweeps.run_row(task) for task in sweeps.tasks(sweep) if task.done()]
-    else:
-        rows, failures = sweeps.run(sweep, args.scheduler, args.workers, args.progress)
+    try:
+        if args.dry_run:
+            dry_run(sweep, args)
+            return 0
+        if args.report_only:
+            sweeps.handle_stale(sweep, args.stale)
+            rows = [sweeps.run_row(task) for task in sweeps.tasks(sweep) if task.done()]
+        else:
+            rows, failures = sweeps.run(sweep, args.scheduler, args.workers, args.progress, args.stale)
+    except ValueError as error:
+        print(f"ipdrl sweep: {error}", file=sys.stderr)
+        return 1
     # The command that makes this table: what only changes how it is shown or checked is left out.
-    command = "ipdrl sweep " + shlex.join(a for a in argv if a not in ("--report-only", "--no-progress", "--overwrite"))
+    shown_only = ("--report-only", "--no-progress", "--overwrite", "--retrain-stale", "--keep-stale")
+    command = "ipdrl sweep " + shlex.join(a for a in argv if a not in shown_only)
     problem = None if args.overwrite else tables.overwrite_problem(sweep, rows, args.docs)
     if problem is None:
         tables.write_report(sweep, rows, args.docs, command)
@@ -86,3 +95,19 @@ def main(argv: list[str]) -> int:
         print(f"the table in {args.docs} was not rewritten: {problem}. Pass --overwrite to write it anyway, or "
               f"--docs DIR to write it elsewhere.", file=sys.stderr)
     return 1 if failures or problem else 0
+
+
+def dry_run(sweep: sweeps.Sweep, args: argparse.Namespace) -> None:
+    """List the runs that are done, stale (with what changed) and to run, as the sweep would group them."""
+    stale = sweeps.stale_runs(sweep)
+    todo = []
+    for task in sweeps.tasks(sweep):
+        if task in stale:
+            print(f"stale   {shlex.join(task.command)}\n        ({stale[task]})")
+        elif task.done():
+            print(f"done    {shlex.join(task.command)}")
+        if not task.done() or (task in stale and args.stale == "retrain"):
+            todo.append(task)
+    workers = args.workers or (1 if args.scheduler else len(os.sched_getaffinity(0)))
+    for job in sweeps.jobs(sweep, todo, workers):
+        print(f"to run  {shlex.join(job.command)}")
