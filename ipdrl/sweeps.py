@@ -192,12 +192,13 @@ def stale_runs(sweep: Sweep) -> dict[Task, str]:
             found[task] = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
         elif task.after is not None and Path(task.run_dir, "config.json").exists():
             before = by_key.get((task.after, task.dataset, task.seed))
-            results = Path(_run_dir(sweep, task.after, task.dataset, task.seed), "results.json")
+            # its checkpoint, not its results.json, which `ipdrl eval --save` rewrites without training
+            trained = Path(_run_dir(sweep, task.after, task.dataset, task.seed), "checkpoint.msgpack")
             if before in found:
                 found[task] = f"it comes after {before.run_dir}, which is stale"
-            elif task.done() and results.exists() and results.stat().st_mtime > \
+            elif task.done() and trained.exists() and trained.stat().st_mtime > \
                     Path(task.run_dir, "results.json").stat().st_mtime:
-                found[task] = f"{results} was written after it: its {task.after} run was trained again"
+                found[task] = f"{trained} was written after it: its {task.after} run was trained again"
     return found
 
 

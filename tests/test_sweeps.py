@@ -297,8 +297,12 @@ def test_a_finished_run_whose_preset_changed_is_named_and_retrained_only_when_as
         Path(task.run_dir).mkdir(parents=True)
         parsed = parse_train_args(list(task.command[len(sweeps.IPDRL_TRAIN):]))
         (Path(task.run_dir) / "config.json").write_text(json.dumps(config_dict("bc", parsed.config)))
-        (Path(task.run_dir) / "results.json").write_text("{}")
-        os.utime(Path(task.run_dir) / "results.json", (when, when))
+        for name in ("results.json", "checkpoint.msgpack"):
+            (Path(task.run_dir) / name).write_text("{}")
+            os.utime(Path(task.run_dir) / name, (when, when))
+    os.utime(Path(first.run_dir) / "results.json", (3, 3))  # re-evaluated (`ipdrl eval --save`), not retrained
     sweep.methods = sweep.methods[1:2]
     assert list(sweeps.stale_runs(sweep).values()) == [
-        f"{first.run_dir}/results.json was written after it: its bc run was trained again"]
+        f"{first.run_dir}/checkpoint.msgpack was written after it: its bc run was trained again"]
+    os.utime(Path(first.run_dir) / "checkpoint.msgpack", (0, 0))
+    assert sweeps.stale_runs(sweep) == {}
