@@ -39,9 +39,9 @@ def main(argv: list[str]) -> int:
                         help="write the table even where that drops results the existing one holds")
     stale = parser.add_mutually_exclusive_group()
     stale.add_argument("--retrain-stale", dest="stale", action="store_const", const="retrain", default="refuse",
-                       help="finished runs trained with other settings than their command gives now (a preset "
-                            "changed since) are moved aside to RUN_DIR.stale-TIME and trained again (default: the "
-                            "sweep lists them and stops)")
+                       help="runs started with other settings than their command gives now (a preset changed "
+                            "since) are moved aside to <out>/.stale/TIME/ and trained again (default: the sweep "
+                            "lists them and stops)")
     stale.add_argument("--keep-stale", dest="stale", action="store_const", const="keep",
                        help="tabulate such runs as they are")
     parser.add_argument("--no-progress", dest="progress", action="store_false")
