@@ -241,7 +241,7 @@ _BETAS["antmaze"] = {"umaze": (0.003, 0.002), "umaze-diverse": (0.003, 0.001), "
 PRESETS = {
     "antmaze": dict(discount=0.999, reward_scale=100.0, batch_size=256, critic_lr=5e-5, actor_lr=3e-4),
     # With gamma 0.999 the goal's value reaches the start slowly: the Gym budget's policy never reaches the goal
-    # (its umaze curve: README, AntMaze). 400k is also IQL's AntMaze budget, about an hour on one core.
+    # (its umaze curve: README, AntMaze; run times: docs/evidence/README.md). 400k is also IQL's AntMaze budget.
     "antmaze@cpu": dict(steps=400_000),
     **{f"{env}-{data}": dict(actor_bc=beta1, critic_bc=beta2)
        for env, table in _BETAS.items() for data, (beta1, beta2) in table.items()},
