@@ -158,14 +158,18 @@ def train_seeds(algorithm: Algorithm, config: RunConfig, seeds: list[int], batch
         for run in runs:
             run.close()
     seconds = time.perf_counter() - started
-    return [_finish(algorithm, c, dataset, run, dict(r, seeds_trained_together=len(seeds), seed_batching=batching),
-                    seconds) for c, run, r in zip(configs, runs, results)]
+    fingerprint = dataset.fingerprint()
+    return [_finish(algorithm, c, dataset, run, dict(r, seeds_trained_together=len(seeds), seed_batching=batching,
+                                                     dataset_fingerprint=fingerprint), seconds)
+            for c, run, r in zip(configs, runs, results)]
 
 
 def _finish(algorithm: Algorithm, config: RunConfig, dataset: Dataset, run: Run, results: dict,
             seconds: float) -> dict[str, Any]:
     """results.json and the learning curve of a trained run."""
     results.setdefault("steps", getattr(config, "steps", None))
+    if "dataset_fingerprint" not in results:  # train_seeds hashes its data once for all its seeds
+        results["dataset_fingerprint"] = dataset.fingerprint()
     results.update(algo=algorithm.name, dataset=dataset.name, seed=config.seed, train_seconds=seconds,
                    run_dir=str(run.path))
     run.save_results(results)

@@ -67,10 +67,7 @@ class Run:
         """``{setting: (saved, given)}`` for every setting of ``config`` that differs from this run's saved one,
         nested settings as ``stage.name``. A setting the saved config lacks (the run predates it) counts as
         ``defaults``' value of it; settings that only change how a run is followed (``_RESUME_FREE``) are left out."""
-        given = json.loads(json.dumps(dict(config), default=json_default))
-        saved = _with_defaults(self.config, json.loads(json.dumps(dict(defaults or {}), default=json_default)))
-        return {name: values for name, values in _differences(saved, given).items()
-                if name.split(".")[0] not in _RESUME_FREE}
+        return setting_changes(self.config, config, defaults)
 
     @classmethod
     def open(cls, path: str | Path) -> "Run":
@@ -230,6 +227,16 @@ class Run:
             fig.savefig(tmp, dpi=90)
         plt.close(fig)
         return out
+
+
+def setting_changes(saved: Mapping[str, Any], config: Mapping[str, Any], defaults: Mapping[str, Any] | None = None
+                    ) -> dict[str, tuple[Any, Any]]:
+    """``{setting: (saved, given)}`` for every setting of ``config`` that differs from ``saved`` (a run's
+    ``config.json``, or the copy an evidence table keeps of it), as :meth:`Run.changed_settings` describes."""
+    given = json.loads(json.dumps(dict(config), default=json_default))
+    saved = _with_defaults(saved, json.loads(json.dumps(dict(defaults or {}), default=json_default)))
+    return {name: values for name, values in _differences(saved, given).items()
+            if name.split(".")[0] not in _RESUME_FREE}
 
 
 # Settings that may change between a run and its resumption without changing its result.

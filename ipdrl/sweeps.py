@@ -153,15 +153,18 @@ class Task:
     def done(self) -> bool:
         return (Path(self.run_dir) / "results.json").exists()
 
-    def changed_settings(self) -> dict[str, tuple[Any, Any]]:
-        """``{setting: (trained with, asked for now)}`` where this ``ipdrl train`` run's ``config.json`` differs from
-        what its command resolves to today (a preset or a default changed since it was started); empty where they
-        agree, where it has not started, and for another program's run. Where its inputs live
-        (:data:`LOCATION_SETTINGS`) is not compared: a sweep moved to another ``out`` is the same sweep."""
-        if self.command[:len(IPDRL_TRAIN)] != tuple(IPDRL_TRAIN) or not Path(self.run_dir, "config.json").exists():
+    def changed_settings(self, saved: dict[str, Any] | None = None) -> dict[str, tuple[Any, Any]]:
+        """``{setting: (trained with, asked for now)}`` where this ``ipdrl train`` run's settings (its
+        ``config.json``, or ``saved``: the copy in an evidence row) differ from what its command resolves to today
+        (a preset or a default changed since it was started); empty where they agree, where it has not started, and
+        for another program's run. Where its inputs live (:data:`LOCATION_SETTINGS`) is not compared: a sweep moved
+        to another ``out`` is the same sweep."""
+        if saved is None and Path(self.run_dir, "config.json").exists():
+            saved = json.loads(Path(self.run_dir, "config.json").read_text())
+        if self.command[:len(IPDRL_TRAIN)] != tuple(IPDRL_TRAIN) or saved is None:
             return {}
         from ipdrl.pipelines import config_dict, parse_train_args
-        from ipdrl.runs import Run
+        from ipdrl.runs import setting_changes
 
         flags = self.command[len(IPDRL_TRAIN):]
         try:
@@ -170,8 +173,7 @@ class Task:
             raise ValueError(f"`ipdrl train {' '.join(flags)}` (method {self.method}) no longer parses, see above: "
                              f"fix the sweep's flags for this version of ipdrl.") from None
         name = parsed.algorithm.name
-        changed = Run.open(self.run_dir).changed_settings(config_dict(name, parsed.config),
-                                                          config_dict(name, type(parsed.config)()))
+        changed = setting_changes(saved, config_dict(name, parsed.config), config_dict(name, type(parsed.config)()))
         return {key: values for key, values in changed.items() if key not in LOCATION_SETTINGS}
 
 
@@ -429,6 +431,7 @@ def run_row(task: Task) -> dict[str, Any]:
         "method": task.method,
         "algo": task.algo,
         "dataset": task.dataset,
+        "dataset_fingerprint": results.get("dataset_fingerprint"),
         "seed": task.seed,
         "normalized_score": results.get("normalized_mean"),
         "episode_scores": results.get("normalized_scores"),
@@ -441,6 +444,8 @@ def run_row(task: Task) -> dict[str, Any]:
         "checkpoint": results.get("checkpoint", "final"),
         "command": " ".join(task.command[2:] if task.command[:2] == tuple(IPDRL_TRAIN[:2]) else task.command),
         "run_dir": task.run_dir,
+        # so that a table finished on another machine can still check this row's settings (`--keep-missing`)
+        "settings": json.loads(config.read_text()) if (config := Path(task.run_dir, "config.json")).exists() else None,
     }
 
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 from ipdrl import statistics
 from ipdrl.data.loading import dataset_label
 from ipdrl.storage import atomic_write_bytes, atomic_write_json
-from ipdrl.sweeps import Sweep
+from ipdrl.sweeps import Sweep, tasks
 
 
 def scores_by(rows: Iterable[dict[str, Any]], method: str, seeds: Sequence[int] | None = None
@@ -86,6 +86,18 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any
             ci = "" if low != low else f" [{low:+.1f}, {high:+.1f}]"
             scope = p["dataset"] if p["dataset"] == "all" else dataset_label(p["dataset"])
             lines.append(f"| {p['a']} − {p['b']} | {scope} | {p['runs']} | {p['mean']:+.1f}{ci} |")
+    for dataset in sweep.datasets:
+        versions: dict[str, list[str]] = {}
+        for r in rows:
+            if r["dataset"] == dataset and r.get("dataset_fingerprint"):
+                versions.setdefault(r["dataset_fingerprint"], []).append(f"{r['method']} {r['seed']}")
+        if len(versions) > 1:  # e.g. generated again on another CPU, whose MuJoCo rounds differently
+            lines += ["", f"The {dataset_label(dataset)} runs were trained on {len(versions)} different versions of "
+                          f"its data: " + "; ".join(f"`{v}` ({', '.join(runs)})" for v, runs in versions.items()) + "."]
+    carried = [r for r in rows if r.get("carried")]
+    if carried:
+        lines += ["", f"{len(carried)} of these runs were finished on another machine: their rows were kept from the "
+                      f"earlier table (`--keep-missing`), their run directories are not here."]
     lines += ["", "Per-seed scores:", ""]
     for method in sweep.methods:
         for dataset, scores in scores_by(rows, method.name).items():
@@ -94,23 +106,69 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any
 
 
 def overwrite_problem(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path) -> str | None:
-    """Why writing ``rows`` as the sweep's table would lose results already in ``docs`` (None when it would not): no
-    finished runs, runs in the existing table whose run directories are not here, or a table made another way."""
+    """Why writing ``rows`` as the sweep's table would lose results already in ``docs``, and what to do instead (None
+    when it would not): no finished runs, runs in the existing table that are not among ``rows``, or a table made
+    another way."""
     docs = Path(docs)
     table, made = docs / f"{sweep.name}.json", docs / f"{sweep.name}.md"
     if not rows:
         return "no run of the sweep has finished"
     if table.exists():
-        here = {(r["method"], r["dataset"], r["seed"]) for r in rows}
-        missing = [r for r in json.loads(table.read_text()).get("runs", [])
-                   if (r["method"], r["dataset"], r["seed"]) not in here]
+        here = {_key(r) for r in rows}
+        grid = {(task.method, task.dataset, task.seed) for task in tasks(sweep)}
+        missing = [r for r in json.loads(table.read_text()).get("runs", []) if _key(r) not in here]
+        outside = [r for r in missing if _key(r) not in grid]
+        if outside:
+            return (f"{table} holds {len(outside)} runs outside the methods, datasets and seeds asked for (e.g. "
+                    f"{_label(outside[0])}); rewriting it would drop them. Tabulate the whole sweep (without "
+                    f"--methods, --datasets or --seeds)")
         if missing:
-            first = missing[0]
-            return (f"{table} holds {len(missing)} runs whose run directories are not here (e.g. {first['method']} "
-                    f"{first['dataset']} seed {first['seed']}); rewriting it would drop them")
+            return (f"{table} holds {len(missing)} runs not finished here (e.g. {_label(missing[0])}); rewriting it "
+                    f"would drop them. With --report-only, --keep-missing keeps those whose run directories are not "
+                    f"here (finished on another machine)")
     elif made.exists():
         return f"{made} exists without {table.name}: it was made another way (an earlier evidence runner)"
     return None
+
+
+def carried_rows(sweep: Sweep, docs: str | Path) -> list[dict[str, Any]]:
+    """The existing ``<docs>/<name>.json``'s rows of this sweep's runs whose run directories are not here (finished
+    on another machine), marked ``carried``. Each is checked before it is kept: a row at another budget, one whose
+    saved settings differ from what its command gives now (a row written before tables kept ``settings`` is
+    checked by its budget alone), or one that comes after a run trained here instead of with it (IPD after its
+    IQL), is a ValueError naming it."""
+    table = Path(docs) / f"{sweep.name}.json"
+    if not table.exists():
+        return []
+    absent = {(task.method, task.dataset, task.seed): task for task in tasks(sweep) if not Path(task.run_dir).exists()}
+    carried, stale = [], []
+    for row in json.loads(table.read_text()).get("runs", []):
+        task = absent.get(_key(row))
+        if task is None:
+            continue
+        if row.get("budget") != task.budget:
+            why = f"budget {row.get('budget')!r} -> {task.budget!r}"
+        elif row.get("settings") and (changed := task.changed_settings(row["settings"])):
+            why = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+        elif task.after is not None and (task.after, task.dataset, task.seed) not in absent:
+            why = f"it comes after the {task.after} run of its seed, which was trained here, not with it"
+        else:
+            carried.append({**row, "carried": True})
+            continue
+        stale.append(f"  {_label(row)}: {why}")
+    if stale:
+        raise ValueError(f"{table} holds {len(stale)} run(s) finished elsewhere that do not match what this sweep "
+                         f"trains now:\n" + "\n".join(stale) + "\nTrain them here (run the sweep without "
+                         f"--report-only), or pass --overwrite without --keep-missing to leave out every run not here.")
+    return carried
+
+
+def _key(row: dict[str, Any]) -> tuple[str, str, int]:
+    return row["method"], row["dataset"], row["seed"]
+
+
+def _label(row: dict[str, Any]) -> str:
+    return f"{row['method']} {row['dataset']} seed {row['seed']}"
 
 
 def undefined_as_null(value: Any) -> Any:

@@ -201,6 +201,7 @@ def test_an_algorithm_of_ones_own_registers_and_trains_through_the_pipeline(tmp_
     from ipdrl.algos import available, get_algorithm
     from ipdrl.algos.common import learner_algorithm, mlp_policy, transition_learner
     from ipdrl.config import FitConfig, RunConfig
+    from ipdrl.data.loading import load_dataset
     from ipdrl.networks import DeterministicActor
     from ipdrl.optim import gradient_step
 
@@ -231,6 +232,9 @@ def test_an_algorithm_of_ones_own_registers_and_trains_through_the_pipeline(tmp_
     assert config.batch_size == 32
     results = pipelines.train("test-bc", config)
     assert results["algo"] == "test-bc" and results["steps"] == 20 and (tmp_path / "run" / "checkpoint.json").exists()
+    embedded = load_dataset("embedded")
+    assert results["dataset_fingerprint"] == embedded.fingerprint() != embedded.replace(
+        rewards=embedded.rewards + 1).fingerprint()  # which data a run trained on travels with its results
     with pytest.raises(ValueError, match="unknown algorithm 'nope'"):
         get_algorithm("nope")
 

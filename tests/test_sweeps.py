@@ -306,3 +306,83 @@ def test_a_finished_run_whose_preset_changed_is_named_and_retrained_only_when_as
         f"{first.run_dir}/checkpoint.msgpack was written after it: its bc run was trained again"]
     os.utime(Path(first.run_dir) / "checkpoint.msgpack", (0, 0))
     assert sweeps.stale_runs(sweep) == {}
+
+
+def test_a_table_finished_on_another_machine_keeps_the_rows_whose_runs_are_not_here_once_checked(
+        tmp_path, monkeypatch, capsys):
+    """Run directories do not travel between machines, tables do: seed 1 trained here joins seed 0's rows from the
+    committed table with `--keep-missing`; a kept row trained under an older preset, or after a run trained here
+    instead of with it, is refused, not tabulated."""
+    from ipdrl.algos import get_algorithm
+    from ipdrl.commands.sweep import main as sweep_main
+    from ipdrl.pipelines import config_dict, parse_train_args
+
+    out, docs = tmp_path / "out", tmp_path / "docs"
+    file = tmp_path / "t.toml"
+    file.write_text('name = "t"\ndatasets = ["embedded"]\nseeds = [0, 1]\n[[methods]]\nname = "bc"\nalgo = "bc"\n'
+                    '[[methods]]\nname = "bc-after"\nalgo = "bc"\nafter = "bc"\nflags = ["--steps", "50"]\n')
+    sweep = sweeps.load(file)
+    sweep.out = str(out)
+    for task in sweeps.tasks(sweep):
+        Path(task.run_dir).mkdir(parents=True)
+        parsed = parse_train_args(list(task.command[len(sweeps.IPDRL_TRAIN):]))
+        (Path(task.run_dir) / "config.json").write_text(json.dumps(config_dict("bc", parsed.config)))
+        (Path(task.run_dir) / "results.json").write_text(json.dumps(
+            {"normalized_mean": 10.0 + task.seed, "normalized_scores": [10.0 + task.seed], "steps": 1}))
+    flags = ["--out", str(out), "--docs", str(docs), "--report-only"]
+    assert sweep_main([str(file), *flags]) == 0
+    written = docs.joinpath("t.json").read_bytes()
+    assert json.loads(written)["runs"][0]["settings"]["seed"] == 0
+
+    def move_away(method, seed):  # to "another machine"
+        Path(out, method, f"embedded-s{seed}").rename(tmp_path / f"elsewhere-{method}-{seed}")
+
+    move_away("bc", 0), move_away("bc-after", 0)
+    assert sweep_main([str(file), *flags]) == 1  # it would drop seed 0
+    assert "--keep-missing keeps" in capsys.readouterr().err
+    assert sweep_main([str(file), *flags, "--seeds", "1", "--keep-missing"]) == 1  # narrowed: not the flag's to fix
+    assert "Tabulate the whole sweep" in capsys.readouterr().err and docs.joinpath("t.json").read_bytes() == written
+    with pytest.raises(SystemExit):  # a sweep that trains has no missing runs
+        sweep_main([str(file), *flags[:-1], "--keep-missing"])
+    assert "--keep-missing goes with --report-only" in capsys.readouterr().err
+
+    assert sweep_main([str(file), *flags, "--keep-missing"]) == 0
+    table = json.loads(docs.joinpath("t.json").read_text())
+    assert [(r["method"], r["seed"], r.get("carried", False)) for r in table["runs"]] == [
+        ("bc", 0, True), ("bc", 1, False), ("bc-after", 0, True), ("bc-after", 1, False)]  # in the sweep's order
+    assert table["aggregates"]["per_dataset"][0]["scores"] == [10.0, 11.0]
+    assert "2 of these runs were finished on another machine" in docs.joinpath("t.md").read_text()
+    assert "--keep-missing" not in table["command"]
+    written = docs.joinpath("t.json").read_bytes()
+
+    def refused(why):
+        assert sweep_main([str(file), *flags, "--keep-missing"]) == 1
+        assert why in capsys.readouterr().err and docs.joinpath("t.json").read_bytes() == written
+
+    Path(out, "bc", "embedded-s0").mkdir()  # its base trained again here, the row after it was not
+    refused("bc-after embedded seed 0: it comes after the bc run of its seed, which was trained here")
+    Path(out, "bc", "embedded-s0").rmdir()
+    steps = get_algorithm("bc").budgets["cpu"]["steps"]
+    monkeypatch.setitem(get_algorithm("bc").budgets["cpu"], "steps", steps + 1)
+    move_away("bc", 1)  # stale too, and no longer here either: only the kept rows are judged here
+    refused(f"bc embedded seed 0: steps {steps} -> {steps + 1}")
+    monkeypatch.setitem(get_algorithm("bc").budgets["cpu"], "steps", steps)
+    rows = json.loads(written)
+    for row in rows["runs"]:  # rows from before tables kept settings: their budget is all there is to check
+        row.update(settings=None, budget="quick" if row["seed"] == 0 and row["method"] == "bc" else "cpu")
+    docs.joinpath("t.json").write_text(json.dumps(rows))
+    written = docs.joinpath("t.json").read_bytes()
+    refused("bc embedded seed 0: budget 'quick' -> 'cpu'")
+
+
+def test_a_table_says_when_runs_of_one_dataset_trained_on_different_data(tmp_path):
+    from ipdrl import tables
+
+    sweep = sweeps.Sweep(name="t", datasets=["d"], seeds=[0, 1], methods=[sweeps.Method(name="iql", algo="iql")])
+    row = lambda seed, data: {"method": "iql", "dataset": "d", "seed": seed, "normalized_score": 1.0,
+                              "episode_scores": [1.0], "budget": "cpu", "command": "c", "dataset_fingerprint": data}
+    same = [row(0, "aa"), row(1, "aa")]
+    assert "versions" not in tables.markdown(sweep, same, tables.aggregate(sweep, same), "c")
+    rows = [row(0, "aa"), row(1, "bb")]
+    assert "2 different versions of its data: `aa` (iql 0); `bb` (iql 1)" in tables.markdown(
+        sweep, rows, tables.aggregate(sweep, rows), "c")

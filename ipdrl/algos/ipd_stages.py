@@ -39,16 +39,6 @@ from ipdrl.world_models.ensemble import EnsembleConfig, EnsembleModel
 UNHASHED = ("eval_every", "checkpoint_every")
 
 
-def dataset_fingerprint(dataset: Dataset) -> str:
-    """A hash of the transitions (not the file name), so the same data under another path shares the cache."""
-    digest = hashlib.sha256()
-    for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
-        array = np.ascontiguousarray(getattr(dataset, key))
-        digest.update(f"{key}{array.dtype}{array.shape}".encode())
-        digest.update(array.tobytes())
-    return digest.hexdigest()[:16]
-
-
 def stage_key(*parts: Any) -> str:
     """A short hash of JSON-able stage inputs (settings dicts, upstream keys, fingerprints)."""
     text = json.dumps(parts, sort_keys=True, default=str)
@@ -85,7 +75,7 @@ def value_stage(settings: iql.Hyperparameters, dataset: Dataset, run_config: Run
                 cache_dir: str | Path | None = None) -> tuple[dict, dict[str, Any]]:
     """IQL's trained state and stage info: from the cache, else trained (or resumed) in ``run`` as stage ``iql_``
     and then cached. Without ``cache_dir``, the run directory is all there is (``ipdrl augment``)."""
-    key = stage_key("iql", dataset_fingerprint(dataset), hashed_settings(settings), run_config.seed)
+    key = stage_key("iql", dataset.fingerprint(), hashed_settings(settings), run_config.seed)
     learner = iql.make_learner(settings, dataset)
     info: dict[str, Any] = {"key": key}
     cache = Run(Path(cache_dir) / f"iql-{key}") if cache_dir is not None else None
@@ -138,7 +128,7 @@ def world_model_stage(config: EnsembleConfig, dataset: Dataset, seed: int, progr
         path = Path(path).with_suffix("")
         key = None
     else:
-        key = stage_key("world_model", dataset_fingerprint(dataset), dataclasses.asdict(config), seed)
+        key = stage_key("world_model", dataset.fingerprint(), dataclasses.asdict(config), seed)
         path = Path(cache_dir) / f"world_model-{key}" / "model"
     cached = common.model_exists(path)
     if cached:

@@ -37,6 +37,9 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--report-only", action="store_true", help="write the table from the runs that are done")
     parser.add_argument("--overwrite", action="store_true",
                         help="write the table even where that drops results the existing one holds")
+    parser.add_argument("--keep-missing", action="store_true",
+                        help="keep the existing table's rows of this sweep's runs whose run directories are not "
+                             "here (finished on another machine), after checking their saved settings")
     stale = parser.add_mutually_exclusive_group()
     stale.add_argument("--retrain-stale", dest="stale", action="store_const", const="retrain", default="refuse",
                        help="runs started with other settings than their command gives now (a preset changed "
@@ -69,6 +72,8 @@ def main(argv: list[str]) -> int:
 
     if args.report_only and args.stale == "retrain":
         parser.error("--retrain-stale trains, --report-only does not: drop one")
+    if args.keep_missing and not args.report_only:
+        parser.error("--keep-missing goes with --report-only: a sweep that trains trains the runs that are not here")
     failures: list[str] = []
     try:
         if args.dry_run:
@@ -77,13 +82,18 @@ def main(argv: list[str]) -> int:
         if args.report_only:
             sweeps.handle_stale(sweep, args.stale)
             rows = [sweeps.run_row(task) for task in sweeps.tasks(sweep) if task.done()]
+            if args.keep_missing:
+                order = {(t.method, t.dataset, t.seed): i for i, t in enumerate(sweeps.tasks(sweep))}
+                rows = sorted(rows + tables.carried_rows(sweep, args.docs),
+                              key=lambda r: order[(r["method"], r["dataset"], r["seed"])])
         else:
             rows, failures = sweeps.run(sweep, args.scheduler, args.workers, args.progress, args.stale)
     except ValueError as error:
         print(f"ipdrl sweep: {error}", file=sys.stderr)
         return 1
     # The command that makes this table: what only changes how it is shown or checked is left out.
-    shown_only = ("--report-only", "--no-progress", "--overwrite", "--retrain-stale", "--keep-stale")
+    shown_only = ("--report-only", "--no-progress", "--overwrite", "--retrain-stale", "--keep-stale",
+                  "--keep-missing")
     command = "ipdrl sweep " + shlex.join(a for a in argv if a not in shown_only)
     problem = None if args.overwrite else tables.overwrite_problem(sweep, rows, args.docs)
     if problem is None:

@@ -8,6 +8,7 @@ inside jitted code with :func:`sample_transitions` or :func:`sample_segments`.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 from typing import Any, Callable, Mapping
 
 import jax
@@ -131,6 +132,17 @@ class Dataset:
     def reference(self) -> envs.Reference | None:
         """The reference returns its normalised scores use: its own (metadata), else its family's D4RL ones."""
         return envs.reference_for(self.name, self.metadata)
+
+    def fingerprint(self) -> str:
+        """A hash of the transitions as they are here (not the file name; after any preparation for training): the
+        same data under another path has the same one, data generated again on another CPU (MuJoCo's floating point
+        differs there) has another."""
+        digest = hashlib.sha256()
+        for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
+            array = np.ascontiguousarray(getattr(self, key))
+            digest.update(f"{key}{array.dtype}{array.shape}".encode())
+            digest.update(array.tobytes())
+        return digest.hexdigest()[:16]
 
     def replace(self, **changes: Any) -> "Dataset":
         return dataclasses.replace(self, **changes)
