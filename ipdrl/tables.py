@@ -86,14 +86,17 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any
             ci = "" if low != low else f" [{low:+.1f}, {high:+.1f}]"
             scope = p["dataset"] if p["dataset"] == "all" else dataset_label(p["dataset"])
             lines.append(f"| {p['a']} − {p['b']} | {scope} | {p['runs']} | {p['mean']:+.1f}{ci} |")
-    for dataset in sweep.datasets:
-        versions: dict[str, list[str]] = {}
+    for dataset in sweep.datasets:  # data generated again on another CPU (MuJoCo rounds differently) differs
+        versions: dict[str | None, list[str]] = {}
         for r in rows:
-            if r["dataset"] == dataset and r.get("dataset_fingerprint"):
-                versions.setdefault(r["dataset_fingerprint"], []).append(f"{r['method']} {r['seed']}")
-        if len(versions) > 1:  # e.g. generated again on another CPU, whose MuJoCo rounds differently
-            lines += ["", f"The {dataset_label(dataset)} runs were trained on {len(versions)} different versions of "
-                          f"its data: " + "; ".join(f"`{v}` ({', '.join(runs)})" for v, runs in versions.items()) + "."]
+            if r["dataset"] == dataset:
+                versions.setdefault(r.get("dataset_fingerprint"), []).append(f"{r['method']} {r['seed']}")
+        unknown = versions.pop(None, [])
+        if len(versions) > 1 or (versions and unknown):
+            lines += ["", f"The {dataset_label(dataset)} runs trained on {len(versions)} version(s) of its data: " +
+                      "; ".join(f"`{v}` ({', '.join(runs)})" for v, runs in versions.items()) +
+                      (f"; not recorded ({', '.join(unknown)}: trained before runs recorded it)" if unknown else "")
+                      + "."]
     carried = [r for r in rows if r.get("carried")]
     if carried:
         lines += ["", f"{len(carried)} of these runs were finished on another machine: their rows were kept from the "
