@@ -114,8 +114,6 @@ def overwrite_problem(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
     another way."""
     docs = Path(docs)
     table, made = docs / f"{sweep.name}.json", docs / f"{sweep.name}.md"
-    if not rows:
-        return "no run of the sweep has finished"
     if table.exists():
         here = {_key(r) for r in rows}
         grid = {(task.method, task.dataset, task.seed) for task in tasks(sweep)}
@@ -131,7 +129,7 @@ def overwrite_problem(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
                     f"here (finished on another machine)")
     elif made.exists():
         return f"{made} exists without {table.name}: it was made another way (an earlier evidence runner)"
-    return None
+    return None if rows else "no run of the sweep has finished"
 
 
 def carried_rows(sweep: Sweep, docs: str | Path) -> list[dict[str, Any]]:

@@ -172,6 +172,7 @@ def test_a_table_is_not_rewritten_where_that_would_drop_results(tmp_path):
     assert tables.overwrite_problem(sweep, [row(0)], tmp_path) is None
     tables.write_report(sweep, [row(0), row(1)], tmp_path, "ipdrl sweep t.toml")
     assert "seed 1" in tables.overwrite_problem(sweep, [row(0)], tmp_path)  # a checkout without seed 1's run
+    assert "--keep-missing" in tables.overwrite_problem(sweep, [], tmp_path)  # without any: the same way out
     assert tables.overwrite_problem(sweep, [row(0), row(1)], tmp_path) is None
     (tmp_path / "t.json").unlink()
     assert "made another way" in tables.overwrite_problem(sweep, [row(0)], tmp_path)
