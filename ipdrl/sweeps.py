@@ -150,6 +150,16 @@ class Task:
     def label(self) -> str:
         return f"{self.method} on {self.dataset} (seed {self.seed})"
 
+    @property
+    def key(self) -> tuple[str, str, int]:
+        """(method, dataset, seed): what names a run in a sweep and a row in its table."""
+        return self.method, self.dataset, self.seed
+
+    @property
+    def after_key(self) -> tuple[str, str, int] | None:
+        """The key of the run that must finish first (same dataset and seed), if any."""
+        return None if self.after is None else (self.after, self.dataset, self.seed)
+
     def done(self) -> bool:
         return (Path(self.run_dir) / "results.json").exists()
 
@@ -187,13 +197,13 @@ def stale_runs(sweep: Sweep) -> dict[Task, str]:
     comes after another (DWM-MPC on its ReBRAC base) is stale too when that one is, or finished after it."""
     found: dict[Task, str] = {}
     every = tasks(sweep)
-    by_key = {(task.method, task.dataset, task.seed): task for task in every}
+    by_key = {task.key: task for task in every}
     for task in every:
         changed = task.changed_settings()
         if changed:
             found[task] = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
         elif task.after is not None and Path(task.run_dir, "config.json").exists():
-            before = by_key.get((task.after, task.dataset, task.seed))
+            before = by_key.get(task.after_key)
             # its checkpoint, not its results.json, which `ipdrl eval --save` rewrites without training
             trained = Path(_run_dir(sweep, task.after, task.dataset, task.seed), "checkpoint.msgpack")
             if before in found:
@@ -481,14 +491,13 @@ def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, 
             submitted: dict[tuple[str, str, int], Any] = {}
             # methods come in order, so a run's predecessor is submitted before it
             for job in jobs(sweep, todo, sum(client.nthreads().values())):
-                before = [submitted[(task.after, task.dataset, task.seed)] for task in job.runs
-                          if (task.after, task.dataset, task.seed) in submitted]
+                before = [submitted[task.after_key] for task in job.runs if task.after_key in submitted]
                 first = job.runs[0]
                 seeds = "-".join(str(task.seed) for task in job.runs)
                 future = client.submit(run_job, job, env, before, pure=False,
                                        key=f"{sweep.name}:{first.method}:{first.dataset}:{seeds}")
                 futures[future] = job
-                submitted.update({(task.method, task.dataset, task.seed): future for task in job.runs})
+                submitted.update({task.key: future for task in job.runs})
             bar = tqdm(total=len(todo), desc=f"sweep {sweep.name}", unit="run", disable=not progress,
                        dynamic_ncols=True)
             for future in as_completed(futures):

@@ -116,7 +116,7 @@ def overwrite_problem(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
     table, made = docs / f"{sweep.name}.json", docs / f"{sweep.name}.md"
     if table.exists():
         here = {_key(r) for r in rows}
-        grid = {(task.method, task.dataset, task.seed) for task in tasks(sweep)}
+        grid = {task.key for task in tasks(sweep)}
         missing = [r for r in json.loads(table.read_text()).get("runs", []) if _key(r) not in here]
         outside = [r for r in missing if _key(r) not in grid]
         if outside:
@@ -132,16 +132,17 @@ def overwrite_problem(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
     return None if rows else "no run of the sweep has finished"
 
 
-def carried_rows(sweep: Sweep, docs: str | Path) -> list[dict[str, Any]]:
-    """The existing ``<docs>/<name>.json``'s rows of this sweep's runs whose run directories are not here (finished
-    on another machine), marked ``carried``. Each is checked before it is kept: a row at another budget, one whose
-    saved settings differ from what its command gives now (a row written before tables kept ``settings`` is
-    checked by its budget alone), or one that comes after a run trained here instead of with it (IPD after its
-    IQL), is a ValueError naming it."""
+def with_carried_rows(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path) -> list[dict[str, Any]]:
+    """``rows`` (the runs finished here) and the existing ``<docs>/<name>.json``'s rows of this sweep's runs whose run
+    directories are not here (finished on another machine), marked ``carried``, in the sweep's order. Each carried
+    row is checked first: a row at another budget, one whose saved settings differ from what its command gives now
+    (a row written before tables kept ``settings`` is checked by its budget alone), or one that comes after a run
+    trained here instead of with it (IPD after its IQL), is a ValueError naming it."""
     table = Path(docs) / f"{sweep.name}.json"
     if not table.exists():
-        return []
-    absent = {(task.method, task.dataset, task.seed): task for task in tasks(sweep) if not Path(task.run_dir).exists()}
+        return rows
+    every = tasks(sweep)
+    absent = {task.key: task for task in every if not Path(task.run_dir).exists()}
     carried, stale = [], []
     for row in json.loads(table.read_text()).get("runs", []):
         task = absent.get(_key(row))
@@ -151,7 +152,7 @@ def carried_rows(sweep: Sweep, docs: str | Path) -> list[dict[str, Any]]:
             why = f"budget {row.get('budget')!r} -> {task.budget!r}"
         elif row.get("settings") and (changed := task.changed_settings(row["settings"])):
             why = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
-        elif task.after is not None and (task.after, task.dataset, task.seed) not in absent:
+        elif task.after is not None and task.after_key not in absent:
             why = f"it comes after the {task.after} run of its seed, which was trained here, not with it"
         else:
             carried.append({**row, "carried": True})
@@ -161,7 +162,8 @@ def carried_rows(sweep: Sweep, docs: str | Path) -> list[dict[str, Any]]:
         raise ValueError(f"{table} holds {len(stale)} run(s) finished elsewhere that do not match what this sweep "
                          f"trains now:\n" + "\n".join(stale) + "\nTrain them here (run the sweep without "
                          f"--report-only), or pass --overwrite without --keep-missing to leave out every run not here.")
-    return carried
+    order = {task.key: i for i, task in enumerate(every)}
+    return sorted(rows + carried, key=lambda row: order[_key(row)])
 
 
 def _key(row: dict[str, Any]) -> tuple[str, str, int]:

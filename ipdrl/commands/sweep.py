@@ -83,9 +83,7 @@ def main(argv: list[str]) -> int:
             sweeps.handle_stale(sweep, args.stale)
             rows = [sweeps.run_row(task) for task in sweeps.tasks(sweep) if task.done()]
             if args.keep_missing:
-                order = {(t.method, t.dataset, t.seed): i for i, t in enumerate(sweeps.tasks(sweep))}
-                rows = sorted(rows + tables.carried_rows(sweep, args.docs),
-                              key=lambda r: order[(r["method"], r["dataset"], r["seed"])])
+                rows = tables.with_carried_rows(sweep, rows, args.docs)
         else:
             rows, failures = sweeps.run(sweep, args.scheduler, args.workers, args.progress, args.stale)
     except ValueError as error:
