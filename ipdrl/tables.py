@@ -90,7 +90,7 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any
         versions: dict[str | None, list[str]] = {}
         for r in rows:
             if r["dataset"] == dataset:
-                versions.setdefault(r.get("dataset_fingerprint"), []).append(f"{r['method']} {r['seed']}")
+                versions.setdefault(r.get("dataset_fingerprint"), []).append(f"{r['method']} seed {r['seed']}")
         unknown = versions.pop(None, [])
         if len(versions) > 1 or (versions and unknown):
             lines += ["", f"The {dataset_label(dataset)} runs trained on {len(versions)} version(s) of its data: " +

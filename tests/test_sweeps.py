@@ -385,8 +385,8 @@ def test_a_table_says_when_runs_of_one_dataset_trained_on_different_data(tmp_pat
     same = [row(0, "aa"), row(1, "aa")]
     assert "versions" not in tables.markdown(sweep, same, tables.aggregate(sweep, same), "c")
     rows = [row(0, "aa"), row(1, "bb")]
-    assert "2 version(s) of its data: `aa` (iql 0); `bb` (iql 1)." in tables.markdown(
+    assert "2 version(s) of its data: `aa` (iql seed 0); `bb` (iql seed 1)." in tables.markdown(
         sweep, rows, tables.aggregate(sweep, rows), "c")
     rows = [row(0, None), row(1, "bb")]  # a row from before runs recorded it: the table cannot vouch for it
-    assert "1 version(s) of its data: `bb` (iql 1); not recorded (iql 0: trained before" in tables.markdown(
+    assert "1 version(s) of its data: `bb` (iql seed 1); not recorded (iql seed 0: trained before" in tables.markdown(
         sweep, rows, tables.aggregate(sweep, rows), "c")
