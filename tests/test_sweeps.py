@@ -88,6 +88,18 @@ def test_a_row_extends_an_earlier_one_with_its_flags_after_the_earlier_rows(tmp_
     assert methods["d3-long"] == sweeps.Method("d3-long", "iql", ["--steps", "99"], program=["python", "d3.py"])
 
 
+def test_the_seeds_and_datasets_flags_narrow_a_methods_own_lists_and_never_widen_them(tmp_path, capsys):
+    from ipdrl.commands.sweep import main as sweep_main
+    file = tmp_path / "s.toml"
+    file.write_text('name = "s"\ndatasets = ["embedded", "other"]\nseeds = [0, 1, 2]\n'
+                    '[[methods]]\nname = "bc"\nalgo = "bc"\n'
+                    '[[methods]]\nname = "bc-own"\nalgo = "bc"\nseeds = [1, 2]\ndatasets = ["embedded", "other"]\n')
+    flags = ["--out", str(tmp_path / "out"), "--no-group-seeds", "--dry-run"]
+    assert sweep_main([str(file), *flags, "--seeds", "1", "3", "--datasets", "other"]) == 0
+    runs = re.findall(r"--run-dir \S+/out/(\S+)", capsys.readouterr().out)
+    assert sorted(runs) == ["bc-own/other-s1", "bc/other-s1", "bc/other-s3"]
+
+
 SWEEP = """
 name = "tiny"
 budget = "tiny"

@@ -21,8 +21,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--name", help="(without a file) the sweep's name")
     parser.add_argument("--algos", nargs="+", help="(without a file) algorithms, one method each")
     parser.add_argument("--methods", nargs="+", help="run (and tabulate) only these of the file's methods")
-    parser.add_argument("--datasets", nargs="+", help="datasets (overrides the file's)")
-    parser.add_argument("--seeds", nargs="+", type=int, help="training seeds (overrides the file's)")
+    parser.add_argument("--datasets", nargs="+", help="datasets (overrides the file's, and narrows a method's own list)")
+    parser.add_argument("--seeds", nargs="+", type=int, help="training seeds (overrides the file's, and narrows a method's own list)")
     parser.add_argument("--budget", choices=BUDGET_NAMES, help="budget preset (overrides the file's)")
     parser.add_argument("--out", help="run directories go under here (overrides the file's)")
     parser.add_argument("--flags", default="", help="(without a file) `ipdrl train` flags for every run, quoted")
@@ -67,6 +67,11 @@ def main(argv: list[str]) -> int:
     for key in ("datasets", "seeds", "budget", "out", "group_seeds"):
         if getattr(args, key) is not None:
             setattr(sweep, key, getattr(args, key))
+    for method in sweep.methods:  # a method's own seeds and datasets are narrowed by the flags, never widened
+        if args.seeds is not None and method.seeds is not None:
+            method.seeds = [seed for seed in method.seeds if seed in args.seeds]
+        if args.datasets is not None and method.datasets is not None:
+            method.datasets = [name for name in method.datasets if name in args.datasets]
     if not args.file:
         sweep.out = args.out or f"runs/sweeps/{sweep.name}"
 
