@@ -21,8 +21,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--name", help="(without a file) the sweep's name")
     parser.add_argument("--algos", nargs="+", help="(without a file) algorithms, one method each")
     parser.add_argument("--methods", nargs="+", help="run (and tabulate) only these of the file's methods")
-    parser.add_argument("--datasets", nargs="+", help="datasets (overrides the file's, and narrows a method's own list)")
-    parser.add_argument("--seeds", nargs="+", type=int, help="training seeds (overrides the file's, and narrows a method's own list)")
+    parser.add_argument("--datasets", nargs="+",
+                        help="datasets (overrides the file's, and narrows a method's own list)")
+    parser.add_argument("--seeds", nargs="+", type=int,
+                        help="training seeds (overrides the file's, and narrows a method's own list)")
     parser.add_argument("--budget", choices=BUDGET_NAMES, help="budget preset (overrides the file's)")
     parser.add_argument("--out", help="run directories go under here (overrides the file's)")
     parser.add_argument("--flags", default="", help="(without a file) `ipdrl train` flags for every run, quoted")
