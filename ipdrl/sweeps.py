@@ -271,7 +271,7 @@ def tasks(sweep: Sweep) -> list[Task]:
     found = []
     for method in sweep.methods:
         budget = method.budget or sweep.budget
-        for dataset in method.datasets or sweep.datasets:
+        for dataset in method.datasets if method.datasets is not None else sweep.datasets:
             for seed in method.seeds if method.seeds is not None else sweep.seeds:
                 run_dir = _run_dir(sweep, method.name, dataset, seed)
                 if method.program is None:

@@ -93,7 +93,8 @@ def test_the_seeds_and_datasets_flags_narrow_a_methods_own_lists_and_never_widen
     file = tmp_path / "s.toml"
     file.write_text('name = "s"\ndatasets = ["embedded", "other"]\nseeds = [0, 1, 2]\n'
                     '[[methods]]\nname = "bc"\nalgo = "bc"\n'
-                    '[[methods]]\nname = "bc-own"\nalgo = "bc"\nseeds = [1, 2]\ndatasets = ["embedded", "other"]\n')
+                    '[[methods]]\nname = "bc-own"\nalgo = "bc"\nseeds = [1, 2]\ndatasets = ["embedded", "other"]\n'
+                    '[[methods]]\nname = "bc-embedded"\nalgo = "bc"\ndatasets = ["embedded"]\n')
     flags = ["--out", str(tmp_path / "out"), "--no-group-seeds", "--dry-run"]
     assert sweep_main([str(file), *flags, "--seeds", "1", "3", "--datasets", "other"]) == 0
     runs = re.findall(r"--run-dir \S+/out/(\S+)", capsys.readouterr().out)
