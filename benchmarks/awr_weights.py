@@ -12,6 +12,7 @@ spread depends on it.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 
 import jax
 import numpy as np
@@ -46,7 +47,7 @@ def main() -> None:
     print("| temperature | weight median | share at the cap | effective share | effective actions per batch |")
     print("|---|---|---|---|---|")
     for temperature in [config.temperature, *args.temperatures]:
-        weights = np.minimum(np.exp(temperature * advantage), config.max_weight)
+        weights = np.asarray(iql.advantage_weight(dataclasses.replace(config, temperature=temperature), advantage))
         batches = weights[:len(weights) // args.batch_actions * args.batch_actions].reshape(-1, args.batch_actions)
         per_batch = np.median([effective_share(batch) * args.batch_actions for batch in batches])
         own = " (the run's)" if temperature == config.temperature else ""
