@@ -3,10 +3,11 @@
     python benchmarks/evidence.py TABLE [ipdrl sweep flags: --workers N, --scheduler tcp://..., --report-only, ...]
 
 Tables: ``baselines`` (BC, IQL, TD3+BC, ReBRAC, DT and d3rlpy's IQL, TD3+BC, DT), ``dwm`` (ReBRAC vs DWM-MPC),
-``main`` (IPD vs DT vs IQL vs ReBRAC vs IPD without augmentation), and ``curves`` (the baselines' learning curves,
-evaluated every 5% of training): each writes ``docs/evidence/<table>.md`` and ``.json`` (runs + aggregates: IQM and
-mean with 95% stratified bootstrap CIs, paired differences). ``curves`` also draws ``docs/evidence/curves-<dataset>.png``
-and tabulates where each curve plateaus (``curves.md``). Datasets come from ``../shared/datasets`` unless
+``main`` (IPD vs DT vs IQL vs ReBRAC vs IPD without augmentation), ``curves`` (the baselines' learning curves,
+evaluated every 5% of training) and ``antmaze-curves`` (DT's and IPD's on AntMaze umaze): each writes
+``docs/evidence/<table>.md`` and ``.json`` (runs + aggregates: IQM and mean with 95% stratified bootstrap CIs, paired
+differences). A ``*curves`` table also draws ``docs/evidence/<table>-<dataset>.png`` and tabulates where each curve
+plateaus (``<table>.md``). Datasets come from ``../shared/datasets`` unless
 $IPDRL_DATASETS names others.
 """
 
@@ -64,8 +65,11 @@ def run_logged(command: list[str], log_path: Path, what: str, one_core: bool, ta
 
 
 # ---- learning curves -------------------------------------------------------------------------------------------
-def curves_report() -> None:
-    """``docs/evidence/curves.json`` (every evaluation of every curve run), one plot per dataset, ``curves.md``."""
+def curves_report(table: str, keep_missing: bool) -> None:
+    """``docs/evidence/<table>.json`` (every evaluation of every curve run), one plot per dataset, ``<table>.md``.
+
+    With ``keep_missing`` the existing file's curves whose run directories are not here (trained on another machine)
+    are kept, as the sweep keeps their table rows."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -75,7 +79,7 @@ def curves_report() -> None:
     from ipdrl.runs import Run
     from ipdrl.statistics import plateau
 
-    sweep = sweeps.load(SWEEPS / "curves.toml")
+    sweep = sweeps.load(SWEEPS / f"{table}.toml")
     curves = []
     for task in sweeps.tasks(sweep):
         if not (Path(task.run_dir) / "metrics.jsonl").exists():
@@ -88,7 +92,12 @@ def curves_report() -> None:
         if points:
             curves.append({"method": task.method, "dataset": task.dataset, "seed": task.seed, "finished": task.done(),
                            "steps": [p[0] for p in points], "scores": [p[1] for p in points],
+                           "episodes": json.loads((Path(task.run_dir) / "config.json").read_text())["eval_episodes"],
                            "command": " ".join(task.command[2:])})
+    here = {(c["method"], c["dataset"], c["seed"]) for c in curves}
+    if keep_missing and (DOCS / f"{table}.json").exists():
+        earlier = json.loads((DOCS / f"{table}.json").read_text())["curves"]
+        curves += [c for c in earlier if (c["method"], c["dataset"], c["seed"]) not in here]
     plateaus = []
     for method, dataset in sorted({(c["method"], c["dataset"]) for c in curves}):
         done = [c for c in curves if (c["method"], c["dataset"]) == (method, dataset) and c["finished"]]
@@ -96,11 +105,12 @@ def curves_report() -> None:
         if fit is not None:
             plateaus.append({"method": method, "dataset": dataset, "seeds": [c["seed"] for c in done],
                              "updates": max(done[0]["steps"]), **fit})
-    (DOCS / "curves.json").write_text(json.dumps({"table": "curves", "command": making_command(), "curves": curves,
-                                                  "plateaus": plateaus}, indent=1) + "\n")
-    lines = ["# curves", "", f"Made by `{making_command()}` (runs: `ipdrl sweep benchmarks/sweeps/curves.toml`). "
-             "Normalised score (D4RL reference table) of the checkpoint at every evaluation, 10 episodes; the last "
-             "point is the final checkpoint.", "",
+    (DOCS / f"{table}.json").write_text(json.dumps({"table": table, "command": making_command(), "curves": curves,
+                                                   "plateaus": plateaus}, indent=1) + "\n")
+    episodes = ", ".join(str(n) for n in sorted({c["episodes"] for c in curves}))
+    lines = [f"# {table}", "", f"Made by `{making_command()}` (runs: `ipdrl sweep benchmarks/sweeps/{table}.toml`). "
+             f"Normalised score (D4RL reference table) of the checkpoint at every evaluation, {episodes} episodes; "
+             "the last point is the final checkpoint.", "",
              "| method | dataset | seed | updates | final | best (step) |", "|---|---|---|---|---|---|"]
     for c in curves:
         best = max(range(len(c["scores"])), key=c["scores"].__getitem__)
@@ -114,7 +124,7 @@ def curves_report() -> None:
               "|---|---|---|---|---|---|---|"]
     lines += [f"| {p['method']} | {p['dataset']} | {', '.join(map(str, p['seeds']))} | {p['updates']} | {p['rise']:.1f} ± {p['rise_error']:.1f} "
               f"| {p['noise']:.1f} | {p['step']}{' (flat)' if p['flat'] else ''} |" for p in plateaus]
-    (DOCS / "curves.md").write_text("\n".join(lines) + "\n")
+    (DOCS / f"{table}.md").write_text("\n".join(lines) + "\n")
     for dataset in sorted({c["dataset"] for c in curves}):
         fig, ax = plt.subplots(figsize=(7, 4))
         for c in (c for c in curves if c["dataset"] == dataset):
@@ -124,7 +134,7 @@ def curves_report() -> None:
                ylabel="normalised score")
         ax.legend(fontsize=7)
         fig.tight_layout()
-        fig.savefig(DOCS / f"curves-{dataset}.png", dpi=90)
+        fig.savefig(DOCS / f"{table}-{dataset}.png", dpi=90)
         plt.close(fig)
 
 
@@ -139,8 +149,8 @@ def main() -> int:
     use_shared_datasets()
     code = subprocess.call([sys.executable, "-m", "ipdrl", "sweep", str(definition.relative_to(REPO)), "--docs",
                             str(DOCS.relative_to(REPO)), *rest], cwd=REPO)
-    if table == "curves":
-        curves_report()
+    if code == 0 and table.endswith("curves"):  # not after a sweep that refused to write its table
+        curves_report(table, keep_missing="--keep-missing" in rest)
     return code
 
 
