@@ -163,14 +163,16 @@ def test_antmaze_presets_are_the_papers():
     assert iql.steps == 400_000  # AntMaze's own cpu budget (its values propagate slowly)
     ipd = presets.make_config(get_algorithm("ipd"), umaze, "cpu")
     assert (ipd.iql.steps, ipd.iql.expectile) == (400_000, 0.9)
+    assert (ipd.steps, ipd.warmup_steps, ipd.return_scale) == (100_000, 10_000, 100.0)  # stage 4: DT's AntMaze budget
     rebrac = presets.make_config(get_algorithm("rebrac"), "antmaze-medium-diverse", "cpu")
     assert (rebrac.discount, rebrac.actor_bc, rebrac.critic_bc, rebrac.critic_lr) == (0.999, 0.001, 0.0, 5e-5)
     assert rebrac.steps == 400_000  # its own AntMaze budget, not the Gym one
     assert presets.make_config(get_algorithm("dwm-mpc"), umaze, "cpu").rebrac.steps == 400_000  # DWM-MPC's base
     dt = presets.make_config(get_algorithm("dt"), umaze, "cpu")
-    assert (dt.target_return, dt.return_scale) == (1.0, 1.0)
+    assert (dt.target_return, dt.return_scale, dt.steps, dt.warmup_steps) == (1.0, 1.0, 100_000, 10_000)
     tiny = presets.make_config(get_algorithm("iql"), umaze, "tiny")
     assert (tiny.eval_episodes, tiny.steps) == (2, 200)  # tiny stays quick
+    assert presets.make_config(get_algorithm("dt"), umaze, "tiny").steps == 200
 
 
 @pytest.mark.parametrize("algo", ["iql", "rebrac", "dt", "ipd"])

@@ -168,6 +168,7 @@ PRESETS["halfcheetah"] = dict(PRESETS.get("halfcheetah", {}), alpha=0.4)
 for family in ("hopper", "halfcheetah", "walker2d", "ant"):
     PRESETS[family] = dict(PRESETS[family], raw_target_return=dt.PRESETS[family]["target_return"])
 PRESETS["kitchen"] = dict(PRESETS["kitchen"], return_scale=1.0)  # V in completions: a few units at most
+PRESETS["antmaze@cpu"] = dict(PRESETS["antmaze@cpu"], **dt.PRESETS["antmaze@cpu"])  # stage 4 is DT's network
 
 
 def announce(run: Run, stage: int, text: str) -> None:
