@@ -86,13 +86,14 @@ def curves_report(table: str, keep_missing: bool) -> None:
             continue
         rows = [r for r in Run(Path(task.run_dir)).metrics() if "eval/normalized_score" in r]
         final = json.loads((Path(task.run_dir) / "results.json").read_text()) if task.done() else None
+        settings = json.loads((Path(task.run_dir) / "config.json").read_text())
         points = [(r["step"], r["eval/normalized_score"]) for r in rows]
         if final is not None:
             points.append((final["steps"], final["normalized_mean"]))
         if points:
             curves.append({"method": task.method, "dataset": task.dataset, "seed": task.seed, "finished": task.done(),
                            "steps": [p[0] for p in points], "scores": [p[1] for p in points],
-                           "episodes": json.loads((Path(task.run_dir) / "config.json").read_text())["eval_episodes"],
+                           "episodes": settings["eval_episodes"], "planned_updates": settings["steps"],
                            "command": " ".join(task.command[2:])})
     here = {(c["method"], c["dataset"], c["seed"]) for c in curves}
     if keep_missing and (DOCS / f"{table}.json").exists():
@@ -128,8 +129,10 @@ def curves_report(table: str, keep_missing: bool) -> None:
     for dataset in sorted({c["dataset"] for c in curves}):
         fig, ax = plt.subplots(figsize=(7, 4))
         for c in (c for c in curves if c["dataset"] == dataset):
-            fraction = [s / max(c["steps"]) for s in c["steps"]]
-            ax.plot(fraction, c["scores"], marker=".", label=f"{c['method']} s{c['seed']} ({c['steps'][-1] // 1000}k)")
+            fraction = [s / c["planned_updates"] for s in c["steps"]]
+            so_far = "" if c["finished"] else f" of {c['planned_updates'] // 1000}k, running"
+            ax.plot(fraction, c["scores"], marker=".",
+                    label=f"{c['method']} s{c['seed']} ({c['steps'][-1] // 1000}k{so_far})")
         ax.set(title=f"{dataset}: normalised score during training", xlabel="fraction of the run's updates",
                ylabel="normalised score")
         ax.legend(fontsize=7)
