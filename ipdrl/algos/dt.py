@@ -108,8 +108,8 @@ PRESETS = {
     "walker2d": dict(target_return=5000.0),
     "ant": dict(target_return=6000.0),
     "antmaze": dict(target_return=1.0, return_scale=1.0),  # reaching the goal (sparse reward 1)
-    # D4RL's DT recipe: at the cpu network's 10k updates (under one pass over a 1M-transition maze) DT had not
-    # learned to reach the goal; its umaze curve still rose at 75k (docs/evidence/antmaze-curves.md).
+    # D4RL's DT recipe: the cpu network's 10k updates are under one pass over a 1M-transition maze, far short of
+    # where DT's AntMaze curve levels off (docs/evidence/antmaze-curves.md).
     "antmaze@cpu": dict(steps=100_000, warmup_steps=10_000),
 }
 
