@@ -84,9 +84,10 @@ def curves_report(table: str, keep_missing: bool) -> None:
     for task in sweeps.tasks(sweep):
         if not (Path(task.run_dir) / "metrics.jsonl").exists():
             continue
-        rows = [r for r in Run(Path(task.run_dir)).metrics() if "eval/normalized_score" in r]
-        final = json.loads((Path(task.run_dir) / "results.json").read_text()) if task.done() else None
-        settings = json.loads((Path(task.run_dir) / "config.json").read_text())
+        run = Run.open(task.run_dir)
+        rows = [r for r in run.metrics() if "eval/normalized_score" in r]
+        final = run.results() if task.done() else None
+        settings = run.config
         points = [(r["step"], r["eval/normalized_score"]) for r in rows]
         if final is not None:
             points.append((final["steps"], final["normalized_mean"]))

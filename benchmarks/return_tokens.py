@@ -37,13 +37,14 @@ def main() -> None:
     print("| tokens | scale | t | reaching: mean [min, max] | failing: mean [min, max] | acting token (mean) | "
           "data tokens below it |")
     print("|---|---|---|---|---|---|---|")
-    for name, gamma, scale in (("V's discount (the method)", values.gamma, 100.0), ("undiscounted (DT-style)", 1.0, 1000.0)):
+    kinds = (("V's discount (the method)", values.gamma, 100.0, True), ("undiscounted (DT-style)", 1.0, 1000.0, False))
+    for name, gamma, scale, acts_on_value in kinds:
         labels = value_tools.return_labels(data, values._replace(gamma=gamma)) / scale
         for t in args.steps:
             live = ends - starts > t
             index = starts[live] + t
             token, hit = labels[index], reaches[live]
-            if gamma == values.gamma:
+            if acts_on_value:
                 acting = np.asarray(value_tools.map_batches(values.v, data.observations[index])) / scale
             elif t == 0:
                 acting = np.array([labels[starts].max()])
