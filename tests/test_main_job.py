@@ -8,6 +8,7 @@ import numpy as np
 
 from ipdrl import commands, presets
 from ipdrl.algos import iql
+from ipdrl.commands import run as run_command
 from ipdrl.data.loading import embedded_files, load_dataset
 
 
@@ -30,6 +31,15 @@ def test_run_prints_ipd_dt_iql_table(tmp_path, capsys):
     assert set(summary["methods"]) == {"IPD", "DT", "IQL"}
     assert all(row["checkpoint"] == "final" for row in summary["methods"].values())
     assert (out / "summary.md").read_text().strip() in table
+
+    # A job trained with other settings (an older version's preset) is neither reused nor resumed: a clear error.
+    saved = json.loads((out / "ipd" / "config.json").read_text())
+    (out / "ipd" / "config.json").write_text(json.dumps(dict(saved, steps=saved["steps"] + 1)))
+    args = run_command.Args(budget="tiny", out=str(out))
+    assert not run_command.seed_done(args, 0, out)
+    assert commands.main(["run", "--budget", "tiny", "--seeds", "0", "--out", str(out), "--no-progress"]) != 0
+    error = capsys.readouterr().err
+    assert "ipd.steps" in error and "another --out" in error
 
 
 def test_run_over_seeds_trains_each_in_its_own_process_and_tables_them(tmp_path, capsys):

@@ -29,7 +29,7 @@ from ipdrl import presets, statistics, sweeps, tables
 from ipdrl.algos import dt, ipd, ipd_stages, iql
 from ipdrl.data.loading import load_dataset
 from ipdrl.evaluation import evaluate
-from ipdrl.pipelines import prepare, train
+from ipdrl.pipelines import config_dict, prepare, train
 from ipdrl.runs import Run
 from ipdrl.storage import atomic_write_bytes, atomic_write_json
 
@@ -141,9 +141,26 @@ def main(argv: list[str]) -> int:
     return run_one_seed(args) if len(args.seeds) == 1 else run_seeds(args)
 
 
+def changed_settings(ipd_config: ipd.Config, dt_config: dt.Config) -> dict[str, tuple[Any, Any]]:
+    """``{method.setting: (trained with, asked for now)}`` for the IPD and DT runs already in the job's ``--out``
+    (this version of ipdrl changed a preset since they were trained); empty where they agree or have not started."""
+    changed: dict[str, tuple[Any, Any]] = {}
+    for algorithm, config in ((ipd.ALGORITHM, ipd_config), (dt.ALGORITHM, dt_config)):
+        if Path(config.run_dir, "config.json").exists():
+            differences = Run.open(config.run_dir).changed_settings(config_dict(algorithm.name, config),
+                                                                    config_dict(algorithm.name, type(config)()))
+            changed |= {f"{algorithm.name}.{name}": values for name, values in differences.items()}
+    return changed
+
+
 def run_one_seed(args: Args) -> int:
     """The job for ``args.seeds[0]`` in this process: run directories, summary.md and summary.json in ``--out``."""
     ipd_config, dt_config = method_configs(args)
+    changed = changed_settings(ipd_config, dt_config)
+    if changed:
+        listed = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+        raise ValueError(f"{args.out} holds a job trained with other settings than this version of ipdrl uses "
+                         f"({listed}). Pass another --out to run it anew, or delete {args.out} to replace it.")
     started = time.perf_counter()
     log.info("ipdrl run: IPD (%d IQL + %d policy updates), then DT (%d updates), then IQL's evaluation",
              ipd_config.iql.steps, ipd_config.steps, dt_config.steps)
@@ -182,14 +199,15 @@ def seed_command(args: Args, seed: int, out: Path) -> list[str]:
     return command + (["--episodes", str(args.episodes)] if args.episodes is not None else [])
 
 
-def seed_done(args: Args, out: Path) -> bool:
-    """Whether ``out`` holds a finished one-seed job of these settings."""
+def seed_done(args: Args, seed: int, out: Path) -> bool:
+    """Whether ``out`` holds a finished job of ``seed`` with the settings this version of ipdrl gives it."""
     try:
         summary = json.loads((out / "summary.json").read_text())
     except (OSError, ValueError):
         return False
-    return (summary.get("budget"), summary.get("episodes"), summary.get("dataset_spec")) == \
+    same_job = (summary.get("budget"), summary.get("episodes"), summary.get("dataset_spec")) == \
         (args.budget, args.episodes, args.dataset)
+    return same_job and not changed_settings(*method_configs(dataclasses.replace(args, seeds=(seed,), out=str(out))))
 
 
 def run_seeds(args: Args) -> int:
@@ -199,7 +217,7 @@ def run_seeds(args: Args) -> int:
 
     out, started = Path(args.out), time.perf_counter()
     folders = {seed: out / f"seed-{seed}" for seed in args.seeds}
-    todo = [seed for seed in args.seeds if not seed_done(args, folders[seed])]
+    todo = [seed for seed in args.seeds if not seed_done(args, seed, folders[seed])]
     failures: list[str] = []
     if todo:
         workers = min(args.workers or len(os.sched_getaffinity(0)), len(todo))
@@ -218,7 +236,7 @@ def run_seeds(args: Args) -> int:
                 bar.update(1)
             bar.close()
     summaries = {seed: json.loads((folders[seed] / "summary.json").read_text())
-                 for seed in args.seeds if seed_done(args, folders[seed])}
+                 for seed in args.seeds if seed_done(args, seed, folders[seed])}
     if summaries:
         report = seeds_report(args, summaries, time.perf_counter() - started)
         print("\n" + report["table"])
