@@ -64,6 +64,12 @@ def _cell(stat: dict[str, Any]) -> str:
     return f"{stat['iqm']:.1f}{ci} ({stat['mean']:.1f})"
 
 
+def signed_interval(interval: list[float | None]) -> str:
+    """``[-1.2, +3.4]``, or an empty string where there is no interval (None from JSON, or NaN: one seed)."""
+    low, high = interval
+    return "" if low is None or low != low else f"[{low:+.1f}, {high:+.1f}]"
+
+
 def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any], command: str) -> str:
     """The table as markdown: IQM [95% CI] (mean) per method and dataset, per-seed scores, paired differences."""
     tables = sorted({r["reference_table"] for r in rows if r.get("reference_table")})
@@ -79,13 +85,15 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any
                else "—" for d in sweep.datasets]
         lines.append(f"| {method.name} | " + " | ".join(row) + f" | {_cell(whole[method.name]) if method.name in whole else '—'} |")
     if aggregates["paired"]:
-        lines += ["", "Paired differences (same dataset and seed), mean [95% CI]:", "",
-                  "| a − b | dataset | runs | difference |", "|---|---|---|---|"]
+        lines += ["", "Paired differences (same dataset and seed), mean [95% stratified bootstrap CI] and the 95% "
+                  "Student's t interval. With few seeds the bootstrap interval is about the range of the per-seed "
+                  "differences and too narrow; read the t interval there (`ipdrl.statistics`).", "",
+                  "| a − b | dataset | runs | difference [bootstrap CI] | t interval |", "|---|---|---|---|---|"]
         for p in aggregates["paired"]:
-            low, high = p["mean_ci"]
-            ci = "" if low != low else f" [{low:+.1f}, {high:+.1f}]"
             scope = p["dataset"] if p["dataset"] == "all" else dataset_label(p["dataset"])
-            lines.append(f"| {p['a']} − {p['b']} | {scope} | {p['runs']} | {p['mean']:+.1f}{ci} |")
+            difference = f"{p['mean']:+.1f} {signed_interval(p['mean_ci'])}".strip()
+            lines.append(f"| {p['a']} − {p['b']} | {scope} | {p['runs']} | {difference} | "
+                         f"{signed_interval(p['mean_t_ci']) or '—'} |")
     for dataset in sweep.datasets:  # data generated again on another CPU (MuJoCo rounds differently) differs
         versions: dict[str | None, list[str]] = {}
         for r in rows:

@@ -43,6 +43,19 @@ def test_paired_difference_is_per_seed():
     assert diff["mean"] == pytest.approx(2.5 / 3) and diff["mean_ci"][0] > 0  # every seed is better
 
 
+def test_paired_t_interval_is_wider_than_the_bootstrap_with_few_seeds():
+    """With 3 seeds the percentile bootstrap spans exactly the per-seed differences; Student's t does not."""
+    a, b = {"d": [40.0, 60.0, 50.0]}, {"d": [24.4, 20.6, 28.1]}
+    diff = statistics.paired_difference(a, b)
+    per_seed = np.subtract(a["d"], b["d"])
+    assert diff["mean_ci"] == pytest.approx([per_seed.min(), per_seed.max()])
+    half = 4.302653 * per_seed.std(ddof=1) / np.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    assert diff["mean_t_ci"] == pytest.approx([per_seed.mean() - half, per_seed.mean() + half], rel=1e-5)
+    # a dataset with one seed gives no bootstrap interval, but the pooled t interval still exists
+    one_seed = statistics.paired_difference({"x": [1.0], "y": [2.0, 3.0]}, {"x": [0.0], "y": [0.0, 0.0]})
+    assert np.isnan(one_seed["mean_ci"][0]) and one_seed["mean_t_ci"][0] < 2.0 < one_seed["mean_t_ci"][1]
+
+
 def test_plateau_reads_a_noisy_curve_where_it_stops_rising():
     rng = np.random.default_rng(0)
     steps = list(range(10_000, 210_000, 10_000)) * 2  # two seeds, pooled

@@ -267,9 +267,9 @@ def seeds_report(args: Args, summaries: dict[int, dict[str, Any]], seconds: floa
         ci = "" if low != low else f" [{low:.1f}, {high:.1f}]"
         lines.append(f"| {name} | {stats[name]['iqm']:.1f}{ci} ({stats[name]['mean']:.1f}) | "
                      f"{', '.join(f'{x:.1f}' for x in scores[name])} | {first['methods'][name]['updates']} |")
-    lines.append("\npaired over seeds, mean [95% CI]: " + "; ".join(
-        f"{name} {p['mean']:+.1f}" + ("" if p["mean_ci"][0] != p["mean_ci"][0] else
-                                      f" [{p['mean_ci'][0]:+.1f}, {p['mean_ci'][1]:+.1f}]")
+    lines.append("\npaired over seeds, mean [95% bootstrap CI] (95% t interval): " + "; ".join(
+        f"{name} {p['mean']:+.1f}" + (f" {tables.signed_interval(p['mean_ci'])} (t "
+                                      f"{tables.signed_interval(p['mean_t_ci'])})" if p["runs"] > 1 else "")
         for name, p in paired.items()))
     lines.append(f"\nwall time of this invocation: {seconds / 60:.1f} min (finished seeds are reused on reruns).")
     runs = [{"method": name.lower(), "dataset": first["dataset"], "seed": seed,
