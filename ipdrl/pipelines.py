@@ -15,7 +15,7 @@ from ipdrl.algos import Algorithm, as_algorithm, available, get_algorithm
 from ipdrl.config import RunConfig, config_from_json
 from ipdrl.data.dataset import Dataset
 from ipdrl.data.loading import dataset_label, load_dataset
-from ipdrl.runs import Run
+from ipdrl.runs import Run, setting_changes
 from ipdrl.training import SEED_BATCHING
 
 log = logging.getLogger("ipdrl")
@@ -109,6 +109,13 @@ def prepare(config: RunConfig, dataset: Dataset) -> tuple[str, Dataset]:
 
 def config_dict(algo: str, config: RunConfig) -> dict[str, Any]:
     return {"algo": algo, **dataclasses.asdict(config)}
+
+
+def changed_settings(saved: dict[str, Any], algo: str, config: RunConfig) -> dict[str, tuple[Any, Any]]:
+    """``{setting: (saved, asked for now)}`` where ``config`` differs from a run's ``saved`` settings (its
+    config.json, or an evidence table's copy); a setting ``saved`` lacks (the run predates it) counts as its
+    default."""
+    return setting_changes(saved, config_dict(algo, config), config_dict(algo, type(config)()))
 
 
 def create_run(algorithm: Algorithm, config: RunConfig) -> Run:

@@ -173,8 +173,7 @@ class Task:
             saved = json.loads(Path(self.run_dir, "config.json").read_text())
         if self.command[:len(IPDRL_TRAIN)] != tuple(IPDRL_TRAIN) or saved is None:
             return {}
-        from ipdrl.pipelines import config_dict, parse_train_args
-        from ipdrl.runs import setting_changes
+        from ipdrl.pipelines import changed_settings, parse_train_args
 
         flags = self.command[len(IPDRL_TRAIN):]
         try:
@@ -182,8 +181,7 @@ class Task:
         except SystemExit:  # tyro has printed why
             raise ValueError(f"`ipdrl train {' '.join(flags)}` (method {self.method}) no longer parses, see above: "
                              f"fix the sweep's flags for this version of ipdrl.") from None
-        name = parsed.algorithm.name
-        changed = setting_changes(saved, config_dict(name, parsed.config), config_dict(name, type(parsed.config)()))
+        changed = changed_settings(saved, parsed.algorithm.name, parsed.config)
         return {key: values for key, values in changed.items() if key not in LOCATION_SETTINGS}
 
 

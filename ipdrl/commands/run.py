@@ -25,11 +25,11 @@ import time
 from pathlib import Path
 from typing import Any, Literal
 
-from ipdrl import presets, statistics, sweeps, tables
+from ipdrl import pipelines, presets, statistics, sweeps, tables
 from ipdrl.algos import dt, ipd, ipd_stages, iql
 from ipdrl.data.loading import load_dataset
 from ipdrl.evaluation import evaluate
-from ipdrl.pipelines import config_dict, prepare, train
+from ipdrl.pipelines import prepare, train
 from ipdrl.runs import Run
 from ipdrl.storage import atomic_write_bytes, atomic_write_json
 
@@ -147,8 +147,7 @@ def changed_settings(ipd_config: ipd.Config, dt_config: dt.Config) -> dict[str, 
     changed: dict[str, tuple[Any, Any]] = {}
     for algorithm, config in ((ipd.ALGORITHM, ipd_config), (dt.ALGORITHM, dt_config)):
         if Path(config.run_dir, "config.json").exists():
-            differences = Run.open(config.run_dir).changed_settings(config_dict(algorithm.name, config),
-                                                                    config_dict(algorithm.name, type(config)()))
+            differences = pipelines.changed_settings(Run.open(config.run_dir).config, algorithm.name, config)
             changed |= {f"{algorithm.name}.{name}": values for name, values in differences.items()}
     return changed
 
