@@ -153,6 +153,29 @@ def test_orthogonal_init_under_vmap_equals_one_matrix_at_a_time():
     np.testing.assert_allclose(batched[0].T @ batched[0], 2.0 * np.eye(24), atol=1e-5)  # orthogonal, scale sqrt(2)
 
 
+INIT_DIGEST = """
+import hashlib
+import ipdrl, jax, numpy as np
+from ipdrl import networks
+print(hashlib.sha256(np.asarray(networks.default_init()(jax.random.PRNGKey(1), (256, 256))).tobytes()).hexdigest())
+"""
+
+
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) < 2, reason="OpenBLAS runs one thread on one core whatever it is told")
+def test_a_seed_initialises_the_same_networks_alone_and_in_a_dask_worker():
+    # Orthogonal init's QR runs in OpenBLAS, one thread per core by default but one in a Dask worker (which sets
+    # OMP_NUM_THREADS=1). Until ipdrl fixed the count, the two drew different 256 x 256 layers from one key, and a
+    # sweep's IQL seed 0 trained to another policy than `ipdrl run`'s.
+    digests = set()
+    clean = {k: v for k, v in os.environ.items() if k not in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS")}
+    for threads in ({}, {"OMP_NUM_THREADS": "1"}, {"OPENBLAS_NUM_THREADS": "2"}):
+        result = subprocess.run([sys.executable, "-c", INIT_DIGEST], capture_output=True, text=True, timeout=180,
+                                env={**clean, **threads, "JAX_PLATFORMS": "cpu"})
+        assert result.returncode == 0, result.stderr[-2000:]
+        digests.add(result.stdout.strip())
+    assert len(digests) == 1
+
+
 REBRAC_INIT = """
 import os, sys
 os.sched_setaffinity(0, set(sorted(os.sched_getaffinity(0))[:2]))  # XLA sizes its thread pool from this
