@@ -58,7 +58,8 @@ def aggregate(sweep: Sweep, rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {"per_dataset": per_dataset, "overall": overall, "paired": paired}
 
 
-def _cell(stat: dict[str, Any]) -> str:
+def cell(stat: dict[str, Any]) -> str:
+    """``IQM [95% CI] (mean)`` of a :func:`ipdrl.statistics.summary`."""
     low, high = stat["iqm_ci"]
     ci = "" if low != low else f" [{low:.1f}, {high:.1f}]"  # NaN: one seed, no interval
     return f"{stat['iqm']:.1f}{ci} ({stat['mean']:.1f})"
@@ -81,9 +82,9 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any
     lines += ["| method | " + " | ".join(map(dataset_label, sweep.datasets)) + " | all |",
               "|---" * (len(sweep.datasets) + 2) + "|"]
     for method in sweep.methods:
-        row = [_cell(cells[(method.name, d)]) + f" n={cells[(method.name, d)]['seeds']}" if (method.name, d) in cells
+        row = [cell(cells[(method.name, d)]) + f" n={cells[(method.name, d)]['seeds']}" if (method.name, d) in cells
                else "—" for d in sweep.datasets]
-        lines.append(f"| {method.name} | " + " | ".join(row) + f" | {_cell(whole[method.name]) if method.name in whole else '—'} |")
+        lines.append(f"| {method.name} | " + " | ".join(row) + f" | {cell(whole[method.name]) if method.name in whole else '—'} |")
     if aggregates["paired"]:
         lines += ["", "Paired differences (same dataset and seed), mean [95% stratified bootstrap CI] and the 95% "
                   "Student's t interval. With few seeds the bootstrap interval is about the range of the per-seed "

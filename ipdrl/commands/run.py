@@ -262,9 +262,7 @@ def seeds_report(args: Args, summaries: dict[int, dict[str, Any]], seconds: floa
              "each seed's score: the mean over its episodes; over seeds: IQM [95% bootstrap CI] (mean)", "",
              "| method | IQM [95% CI] (mean) | per seed | updates |", "|---|---|---|---|"]
     for name in sorted(scores, key=lambda n: -stats[n]["iqm"]):
-        low, high = stats[name]["iqm_ci"]
-        ci = "" if low != low else f" [{low:.1f}, {high:.1f}]"
-        lines.append(f"| {name} | {stats[name]['iqm']:.1f}{ci} ({stats[name]['mean']:.1f}) | "
+        lines.append(f"| {name} | {tables.cell(stats[name])} | "
                      f"{', '.join(f'{x:.1f}' for x in scores[name])} | {first['methods'][name]['updates']} |")
     lines.append("\npaired over seeds, mean [95% bootstrap CI] (95% t interval): " + "; ".join(
         f"{name} {p['mean']:+.1f}" + (f" {tables.signed_interval(p['mean_ci'])} (t "
