@@ -1,5 +1,6 @@
 """Several seeds of one algorithm: in one process (``ipdrl train --seeds``, ``map`` and ``vmap``) against separate
-processes (as many at a time as there are cores, as a sweep runs them), wall clock from start to results.json.
+processes (as many at a time as there are cores, as a sweep runs them: with its XLA flags alone, and each also on
+its own core, as a sweep's worker keeps its runs), wall clock from start to results.json.
 
     python benchmarks/seeds.py [--algo iql] [--seeds 5] [--steps 5000] [--dataset embedded] [--out FILE.json]
 
@@ -21,29 +22,35 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name  # noqa: E402
 
-from ipdrl.sweeps import ONE_CORE  # noqa: E402
+from ipdrl.sweeps import ONE_CORE, core_share  # noqa: E402
 
 
-def ipdrl(*args: str, cwd: str, one_core: bool) -> subprocess.Popen:
-    """``ipdrl train ARGS``; ``one_core``: with the XLA threading a sweep's workers run under (one op thread)."""
+def ipdrl(*args: str, cwd: str, one_core: bool, cores: set[int] | None = None) -> subprocess.Popen:
+    """``ipdrl train ARGS``; ``one_core``: with the XLA flags a sweep's runs get (one op thread); ``cores``: on these
+    cores only, as a sweep's worker keeps its runs (``sweeps.CoreShare``)."""
     env = dict(os.environ)
     if one_core:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
     return subprocess.Popen([sys.executable, "-m", "ipdrl", "train", *args], cwd=cwd, stdout=subprocess.DEVNULL,
-                            stderr=subprocess.DEVNULL, env=env)
+                            stderr=subprocess.DEVNULL, env=env,
+                            preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
 
 
-def timed(processes: list[list[str]], at_once: int, cwd: str) -> float:
-    """Seconds to run every command, ``at_once`` at a time (more than one: each with one op thread, as a sweep)."""
-    started, pending, running = time.perf_counter(), list(processes), []
+def timed(processes: list[list[str]], at_once: int, cwd: str, pinned: bool = False) -> float:
+    """Seconds to run every command, ``at_once`` at a time (more than one: each with the XLA flags of a sweep's runs,
+    and with ``pinned`` also on its own share of the cores, as a sweep's worker)."""
+    cores = sorted(os.sched_getaffinity(0))
+    started, pending, running = time.perf_counter(), list(processes), {}
     while pending or running:
-        while pending and len(running) < at_once:
-            running.append(ipdrl(*pending.pop(0), cwd=cwd, one_core=at_once > 1))
-        for proc in list(running):
+        for slot in range(at_once):
+            if pending and slot not in running:
+                share = core_share(slot, at_once, cores) if pinned else None
+                running[slot] = ipdrl(*pending.pop(0), cwd=cwd, one_core=at_once > 1, cores=share)
+        for slot, proc in list(running.items()):
             if proc.poll() is not None:
                 if proc.returncode:
                     raise SystemExit(f"a run failed (exit {proc.returncode})")
-                running.remove(proc)
+                del running[slot]
         time.sleep(0.2)
     return time.perf_counter() - started
 
@@ -57,22 +64,27 @@ def main() -> None:
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     seeds = [str(s) for s in range(args.seeds)]
-    cores = os.cpu_count() or 1
+    cores = len(os.sched_getaffinity(0))
     common = ["--algo", args.algo, "--dataset", args.dataset, "--steps", str(args.steps), "--eval-episodes", "1",
               "--no-progress"]
     rows = []
     with tempfile.TemporaryDirectory() as work:
         one = timed([[*common, "--seed", "0", "--run-dir", f"{work}/one"]], 1, work)
         rows.append(("one seed alone", 1, one))
-        separate = timed([[*common, "--seed", s, "--run-dir", f"{work}/sep-s{s}"] for s in seeds], cores, work)
-        rows.append((f"{args.seeds} processes, {cores} at a time", args.seeds, separate))
+        flags_only = timed([[*common, "--seed", s, "--run-dir", f"{work}/flags-s{s}"] for s in seeds], cores, work)
+        rows.append((f"{args.seeds} processes, {cores} at a time, XLA flags only", args.seeds, flags_only))
+        separate = timed([[*common, "--seed", s, "--run-dir", f"{work}/sep-s{s}"] for s in seeds], cores, work,
+                         pinned=True)
+        rows.append((f"{args.seeds} processes, {cores} at a time, each on its own core", args.seeds, separate))
+        chunks = [seeds[i::cores] for i in range(min(cores, len(seeds)))]  # as a sweep splits a group of seeds
         for batching in ("map", "vmap"):
-            wall = timed([[*common, "--seeds", *seeds, "--seed-batching", batching,
-                           "--run-dir", f"{work}/{batching}-s{{seed}}"]], 1, work)
-            rows.append((f"one process, --seeds ({batching})", args.seeds, wall))
-    print(f"{args.algo}, {args.steps} updates per seed, {args.dataset}; {cpu_name()}, {cores} cores (separate "
-          f"processes: one op thread each, as a sweep's workers; one process: every core)\n")
-    print("| how | seeds | wall s | updates/s (all seeds) | time vs separate processes |\n|---|---|---|---|---|")
+            wall = timed([[*common, "--seeds", *chunk, "--seed-batching", batching,
+                           "--run-dir", f"{work}/{batching}-s{{seed}}"] for chunk in chunks], cores, work, pinned=True)
+            rows.append((f"{len(chunks)} processes with --seeds ({batching}), each on its own core", args.seeds, wall))
+    print(f"{args.algo}, {args.steps} updates per seed, {args.dataset}; {cpu_name()}, {cores} cores. Several "
+          "processes at a time run with a sweep's XLA flags, and pinned ones also each on its own core, as a "
+          "sweep's workers keep their runs (a sweep groups a method's seeds as the --seeds rows do)\n")
+    print("| how | seeds | wall s | updates/s (all seeds) | time vs pinned processes |\n|---|---|---|---|---|")
     for how, count, wall in rows:
         ratio = f"{wall / separate:.2f}x" if count == args.seeds else "—"
         print(f"| {how} | {count} | {wall:.1f} | {count * args.steps / wall:.0f} | {ratio} |")

@@ -28,7 +28,7 @@ A sweep is defined in a TOML or YAML file (or by flags: ``ipdrl sweep --algos ..
                                             # too), this row's flags following that row's
     flags = ["--expectile", "0.9"]
 
-Every run is a subprocess (its own XLA, one core's worth of threads, killed with its worker): the task of a run
+Every run is a subprocess (its own XLA, its matmuls on one thread, killed with its worker): the task of a run
 whose ``results.json`` exists is skipped (unless its settings are no longer what its command gives:
 :func:`handle_stale`), an interrupted one continues from its checkpoint (``--resume``), and a failed one is
 reported with the tail of its log while the others go on. The seeds of one method on one dataset
@@ -37,8 +37,9 @@ compilation and one dataset load for all; docs/benchmarks/seeds-*.json measures 
 processes), split into as many processes as it takes to give every worker one; IPD (several stages), other
 programs and methods whose flags name ``{seed}`` run one seed per process. Runs of IPD on one (dataset, seed) share
 stages 1-3 through ``<out>/.cache``; a distributed lock per (dataset, seed) keeps them from racing on it. By default
-the tasks run on a ``LocalCluster`` bound to 127.0.0.1 with one single-threaded worker per core; ``scheduler``
-(``tcp://HOST:PORT``) uses an existing cluster, whose workers must see the same file system.
+the tasks run on a ``LocalCluster`` bound to 127.0.0.1 with one single-threaded worker per core (``pin_cores``:
+each kept on its own cores, :class:`CoreShare`); ``scheduler`` (``tcp://HOST:PORT``) uses an existing cluster, whose
+workers must see the same file system.
 """
 
 from __future__ import annotations
@@ -54,12 +55,14 @@ import time
 from pathlib import Path
 from typing import Any
 
+from distributed.diagnostics.plugin import WorkerPlugin
+
 from ipdrl.config import require
 from ipdrl.data.loading import dataset_label
 
 log = logging.getLogger("ipdrl")
 
-ONE_CORE = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+ONE_CORE = "--xla_cpu_multi_thread_eigen=false"
 IPDRL_TRAIN = [sys.executable, "-m", "ipdrl", "train"]
 
 
@@ -389,8 +392,8 @@ def run_job(job: Job, env: dict[str, str] | None = None, after: Any = None) -> l
 
 
 def call_logged(command: tuple[str, ...] | list[str], log_path: Path, env: dict[str, str] | None, label: str) -> None:
-    """Run ``command`` as a worker's task: one core's worth of XLA threads, output appended to ``log_path``, killed
-    with the worker; a failure raises with the log's last lines."""
+    """Run ``command`` as a worker's task: XLA's matmuls on one thread (``ONE_CORE``), output appended to
+    ``log_path``, killed with the worker; a failure raises with the log's last lines."""
     environment = {**os.environ, **(env or {})}
     environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
     log_path.parent.mkdir(parents=True, exist_ok=True)
@@ -457,9 +460,31 @@ def run_row(task: Task) -> dict[str, Any]:
     }
 
 
-def local_cluster(workers: int):
-    """A Dask ``LocalCluster`` on 127.0.0.1 with ``workers`` single-threaded worker processes, its connection chatter
-    kept out of the console (warnings and errors still show)."""
+def core_share(index: int, workers: int, cores: list[int]) -> set[int]:
+    """The cores that worker ``index`` of ``workers`` keeps: every ``workers``-th usable core from its own, or one
+    core where workers outnumber cores."""
+    return set(cores[index::workers]) if workers <= len(cores) else {cores[index % len(cores)]}
+
+
+class CoreShare(WorkerPlugin):
+    """A Dask worker plugin: each worker of a local cluster, and every run it starts, keeps its own share of the
+    machine's cores (:func:`core_share`). XLA sizes its thread pools from this affinity mask; ``ONE_CORE``'s flags
+    alone still give each run a thread per core, so busy workers share every core. A pinned run computes some
+    reductions in another order than an unpinned one, so its results differ in the last bits from ``ipdrl train``'s
+    alone on the same machine (README, "Sweeps")."""
+
+    def __init__(self, workers: int):
+        self.workers = workers
+
+    def setup(self, worker) -> None:
+        if isinstance(worker.name, int) and hasattr(os, "sched_setaffinity"):
+            os.sched_setaffinity(0, core_share(worker.name, self.workers, sorted(os.sched_getaffinity(0))))
+
+
+def local_cluster(workers: int, pin_cores: bool = False):
+    """A Dask ``LocalCluster`` on 127.0.0.1 with ``workers`` single-threaded worker processes (with ``pin_cores``
+    each on its own share of the cores: :class:`CoreShare`), its connection chatter kept out of the console (warnings
+    and errors still show)."""
     from distributed import LocalCluster
 
     for name in ("distributed", "distributed.scheduler", "distributed.nanny", "distributed.core", "distributed.worker"):
@@ -467,12 +492,13 @@ def local_cluster(workers: int):
     # The dashboard's HTTP server starts anyway (None means its default port 8787): a free port, so that two sweeps
     # at once do not warn about it.
     return LocalCluster(n_workers=workers, threads_per_worker=1, processes=True, host="127.0.0.1",
-                        dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING)
+                        dashboard_address="127.0.0.1:0", silence_logs=logging.WARNING,
+                        plugins=[CoreShare(workers)] if pin_cores else [])
 
 
 # ---- running a sweep ----------------------------------------------------------------------------------------------
 def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, progress: bool = True,
-        stale: str = "refuse") -> tuple[list[dict[str, Any]], list[str]]:
+        stale: str = "refuse", pin_cores: bool = False) -> tuple[list[dict[str, Any]], list[str]]:
     """Run every run not done yet on Dask (as :func:`jobs`), after applying the ``stale`` policy to finished runs
     whose settings changed (:func:`handle_stale`); returns (rows of the finished runs, failure reports)."""
     from distributed import Client, as_completed
@@ -483,7 +509,7 @@ def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, 
     env = {"IPDRL_DATASETS": os.pathsep.join(filter(None, [os.environ.get("IPDRL_DATASETS"), sweep.datasets_dir]))}
     failures: list[str] = []
     if todo:
-        cluster = local_cluster(workers or len(os.sched_getaffinity(0))) if scheduler is None else None
+        cluster = local_cluster(workers or len(os.sched_getaffinity(0)), pin_cores) if scheduler is None else None
         with Client(scheduler or cluster) as client:
             futures: dict[Any, Job] = {}
             submitted: dict[tuple[str, str, int], Any] = {}

@@ -243,6 +243,28 @@ def test_a_methods_seeds_train_together_split_so_that_every_worker_has_a_job():
         [task.command for task in sweeps.tasks(alone)]
 
 
+def test_a_local_clusters_workers_and_their_runs_each_keep_their_own_share_of_the_cores(tmp_path):
+    from distributed import Client
+
+    assert sweeps.core_share(0, 2, [0, 1, 2, 3]) == {0, 2} and sweeps.core_share(1, 2, [0, 1, 2, 3]) == {1, 3}
+    assert sweeps.core_share(2, 3, [4, 5]) == {4} and sweeps.core_share(0, 1, [4, 5]) == {4, 5}
+    cores = set(os.sched_getaffinity(0))
+    if len(cores) < 2:
+        pytest.skip("needs two cores")
+    command = [sys.executable, "-c", "import os; print('cores', sorted(os.sched_getaffinity(0)))"]
+    with sweeps.local_cluster(2, pin_cores=True) as cluster, Client(cluster) as client:
+        shares = [set(share) for share in client.run(lambda: os.sched_getaffinity(0)).values()]
+        futures = [client.submit(sweeps.call_logged, command, tmp_path / f"{i}.log", None, str(i), pure=False)
+                   for i in range(4)]
+        client.gather(futures)
+    assert len(shares) == 2 and not shares[0] & shares[1] and shares[0] | shares[1] == cores
+    runs = [set(json.loads(re.search(r"cores (\[.*\])", (tmp_path / f"{i}.log").read_text()).group(1)))
+            for i in range(4)]
+    assert all(run in shares for run in runs)
+    with sweeps.local_cluster(2) as cluster, Client(cluster) as client:  # unpinned by default
+        assert all(set(share) == cores for share in client.run(lambda: os.sched_getaffinity(0)).values())
+
+
 def test_a_run_without_per_episode_scores_is_named_with_the_command_that_fixes_it(tmp_path):
     sweep = sweeps.Sweep(name="t", datasets=["d"], seeds=[0], out=str(tmp_path),
                          methods=[sweeps.Method(name="iql", algo="iql")])

@@ -7,7 +7,7 @@ is the final checkpoint, evaluated on the same environment seeds: normalised sco
 
 One seed (the default, ``--seeds S``) runs in this process with its run directories directly in ``--out``. Several
 (``--seeds 0 1 2 3 4``) run one seed per core at a time (each seed's job is one task on a Dask ``LocalCluster`` on
-127.0.0.1, in its own process with one core's worth of XLA threads, run directories in ``--out``/seed-S), and the
+127.0.0.1, in its own process with XLA's matmuls on one thread, run directories in ``--out``/seed-S), and the
 table gives every method's IQM and mean over seeds with 95% bootstrap CIs, the per-seed scores, and the paired
 differences IPD - DT and IPD - IQL.
 
@@ -47,7 +47,7 @@ class Args:
     """Training seeds (each trains every method); with several, the table aggregates over them (the README's
     5-seed result: --seeds 0 1 2 3 4)."""
     workers: int | None = None
-    """Seeds trained at once, one core each; default: one per core."""
+    """Seeds trained at once; default: one per core."""
     out: str = "runs/main"
     """Folder for the table (summary.md, summary.json) and the run directories: ipd/ and dt/ for one seed,
     seed-S/ipd/ and seed-S/dt/ for several."""
@@ -220,7 +220,7 @@ def run_seeds(args: Args) -> int:
     failures: list[str] = []
     if todo:
         workers = min(args.workers or len(os.sched_getaffinity(0)), len(todo))
-        log.info("ipdrl run: seeds %s, %d at a time (one core each); logs in %s/seed-S/job.log",
+        log.info("ipdrl run: seeds %s, %d at a time; logs in %s/seed-S/job.log",
                  " ".join(map(str, todo)), workers, out)
         with sweeps.local_cluster(workers) as cluster, Client(cluster) as client:
             futures = {client.submit(sweeps.call_logged, seed_command(args, seed, folders[seed]),

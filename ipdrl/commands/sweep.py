@@ -31,6 +31,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--scheduler", help="tcp://HOST:PORT of a running Dask scheduler; default: a local cluster "
                                             "on 127.0.0.1, one worker per core")
     parser.add_argument("--workers", type=int, help="workers of the local cluster (default: one per core)")
+    parser.add_argument("--pin-cores", action="store_true",
+                        help="keep each local worker and its runs on its own share of the cores: faster with every "
+                             "worker busy, but runs then differ in the last bits from the same runs unpinned "
+                             "(README, \"Sweeps\")")
     parser.add_argument("--docs", default="docs/evidence", help="where the table (<name>.md and .json) is written")
     parser.add_argument("--no-group-seeds", dest="group_seeds", action="store_false", default=None,
                         help="one process per run (default: a method's seeds on a dataset train together where "
@@ -92,7 +96,8 @@ def main(argv: list[str]) -> int:
             if args.keep_missing:
                 rows = tables.with_carried_rows(sweep, rows, args.docs)
         else:
-            rows, failures = sweeps.run(sweep, args.scheduler, args.workers, args.progress, args.stale)
+            rows, failures = sweeps.run(sweep, args.scheduler, args.workers, args.progress, args.stale,
+                                         args.pin_cores)
     except ValueError as error:
         print(f"ipdrl sweep: {error}", file=sys.stderr)
         return 1
