@@ -462,8 +462,8 @@ def run_row(task: Task) -> dict[str, Any]:
 
 def core_share(index: int, workers: int, cores: list[int]) -> set[int]:
     """The cores that worker ``index`` of ``workers`` keeps: every ``workers``-th usable core from its own, or one
-    core where workers outnumber cores."""
-    return set(cores[index::workers]) if workers <= len(cores) else {cores[index % len(cores)]}
+    core where workers outnumber cores (an index past ``workers``, from a cluster scaled up later, wraps round)."""
+    return set(cores[index % workers::workers]) if workers <= len(cores) else {cores[index % len(cores)]}
 
 
 class CoreShare(WorkerPlugin):
@@ -479,6 +479,9 @@ class CoreShare(WorkerPlugin):
     def setup(self, worker) -> None:
         if isinstance(worker.name, int) and hasattr(os, "sched_setaffinity"):
             os.sched_setaffinity(0, core_share(worker.name, self.workers, sorted(os.sched_getaffinity(0))))
+        else:
+            log.warning("--pin-cores: worker %r left on every core (pinning needs Linux and a local cluster)",
+                        worker.name)
 
 
 def local_cluster(workers: int, pin_cores: bool = False):

@@ -246,8 +246,14 @@ def test_a_methods_seeds_train_together_split_so_that_every_worker_has_a_job():
 def test_a_local_clusters_workers_and_their_runs_each_keep_their_own_share_of_the_cores(tmp_path):
     from distributed import Client
 
+    from ipdrl.commands.sweep import main as sweep_main
+
     assert sweeps.core_share(0, 2, [0, 1, 2, 3]) == {0, 2} and sweeps.core_share(1, 2, [0, 1, 2, 3]) == {1, 3}
     assert sweeps.core_share(2, 3, [4, 5]) == {4} and sweeps.core_share(0, 1, [4, 5]) == {4, 5}
+    assert sweeps.core_share(3, 2, [0, 1, 2, 3]) == {1, 3}  # a worker added later wraps round
+    with pytest.raises(SystemExit):  # a remote cluster's workers are pinned where they start, not from here
+        sweep_main(["--name", "t", "--algos", "bc", "--datasets", "embedded", "--seeds", "0", "--pin-cores",
+                    "--scheduler", "tcp://127.0.0.1:1"])
     cores = set(os.sched_getaffinity(0))
     if len(cores) < 2:
         pytest.skip("needs two cores")

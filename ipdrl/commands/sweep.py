@@ -85,6 +85,9 @@ def main(argv: list[str]) -> int:
         parser.error("--retrain-stale trains, --report-only does not: drop one")
     if args.keep_missing and not args.report_only:
         parser.error("--keep-missing goes with --report-only: a sweep that trains trains the runs that are not here")
+    if args.pin_cores and args.scheduler:
+        parser.error("--pin-cores pins the workers of the local cluster; with --scheduler, give each of the cluster's "
+                     "workers its own cores where it starts (SLURM: cores=1)")
     failures: list[str] = []
     try:
         if args.dry_run:
