@@ -174,18 +174,26 @@ class Task:
         to another ``out`` is the same sweep."""
         if saved is None and Path(self.run_dir, "config.json").exists():
             saved = json.loads(Path(self.run_dir, "config.json").read_text())
-        if self.command[:len(IPDRL_TRAIN)] != tuple(IPDRL_TRAIN) or saved is None:
+        parsed = self.parsed() if saved is not None else None
+        if parsed is None:
             return {}
-        from ipdrl.pipelines import changed_settings, parse_train_args
+        from ipdrl.pipelines import changed_settings
+
+        changed = changed_settings(saved, parsed.algorithm.name, parsed.config)
+        return {key: values for key, values in changed.items() if key not in LOCATION_SETTINGS}
+
+    def parsed(self):
+        """This run's ``ipdrl train`` flags as parsed today (its algorithm and config); None for another program."""
+        if self.command[:len(IPDRL_TRAIN)] != tuple(IPDRL_TRAIN):
+            return None
+        from ipdrl.pipelines import parse_train_args
 
         flags = self.command[len(IPDRL_TRAIN):]
         try:
-            parsed = parse_train_args(list(flags))
+            return parse_train_args(list(flags))
         except SystemExit:  # tyro has printed why
             raise ValueError(f"`ipdrl train {' '.join(flags)}` (method {self.method}) no longer parses, see above: "
                              f"fix the sweep's flags for this version of ipdrl.") from None
-        changed = changed_settings(saved, parsed.algorithm.name, parsed.config)
-        return {key: values for key, values in changed.items() if key not in LOCATION_SETTINGS}
 
 
 # Settings that say where a run's inputs are (the sweep's `out` is in them), not how it trains.

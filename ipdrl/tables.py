@@ -145,8 +145,8 @@ def with_carried_rows(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
     """``rows`` (the runs finished here) and the existing ``<docs>/<name>.json``'s rows of this sweep's runs whose run
     directories are not here (finished on another machine), marked ``carried``, in the sweep's order. Each carried
     row is checked first: a row at another budget, one whose saved settings differ from what its command gives now
-    (a row written before tables kept ``settings`` is checked by its budget alone), or one that comes after a run
-    trained here instead of with it (IPD after its IQL), is a ValueError naming it."""
+    (a row written before tables kept ``settings`` is checked by its budget and its number of updates alone), or one
+    that comes after a run trained here instead of with it (IPD after its IQL), is a ValueError naming it."""
     table = Path(docs) / f"{sweep.name}.json"
     if not table.exists():
         return rows
@@ -161,6 +161,8 @@ def with_carried_rows(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
             why = f"budget {row.get('budget')!r} -> {task.budget!r}"
         elif row.get("settings") and (changed := task.changed_settings(row["settings"])):
             why = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
+        elif not row.get("settings") and (steps := _steps_now(task)) not in (None, row.get("steps", steps)):
+            why = f"steps {row['steps']!r} -> {steps!r}"
         elif task.after is not None and task.after_key not in absent:
             why = f"it comes after the {task.after} run of its seed, which was trained here, not with it"
         else:
@@ -173,6 +175,11 @@ def with_carried_rows(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
                          f"--report-only), or pass --overwrite without --keep-missing to leave out every run not here.")
     order = {task.key: i for i, task in enumerate(every)}
     return sorted(rows + carried, key=lambda row: order[_key(row)])
+
+
+def _steps_now(task) -> int | None:
+    parsed = task.parsed()
+    return getattr(parsed.config, "steps", None) if parsed is not None else None
 
 
 def _key(row: dict[str, Any]) -> tuple[str, str, int]:

@@ -428,6 +428,15 @@ def test_a_table_finished_on_another_machine_keeps_the_rows_whose_runs_are_not_h
     docs.joinpath("t.json").write_text(json.dumps(rows))
     written = docs.joinpath("t.json").read_bytes()
     refused("bc embedded seed 0: budget 'quick' -> 'cpu'")
+    for row in rows["runs"]:  # ... and their number of updates
+        row.update(budget="cpu", steps=steps if row["method"] == "bc" else 50)
+    rows["runs"][0]["steps"] = 10
+    docs.joinpath("t.json").write_text(json.dumps(rows))
+    written = docs.joinpath("t.json").read_bytes()
+    refused(f"bc embedded seed 0: steps 10 -> {steps}")
+    rows["runs"][0]["steps"] = steps
+    docs.joinpath("t.json").write_text(json.dumps(rows))
+    assert sweep_main([str(file), *flags, "--keep-missing"]) == 0
 
 
 def test_a_table_says_when_runs_of_one_dataset_trained_on_different_data(tmp_path):
