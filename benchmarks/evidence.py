@@ -25,7 +25,6 @@ from pathlib import Path
 REPO = Path(__file__).resolve().parents[1]
 SWEEPS = REPO / "benchmarks" / "sweeps"
 DOCS = REPO / "docs" / "evidence"
-ONE_CORE = "--xla_cpu_multi_thread_eigen=false"  # one thread inside each op (matmuls); jobs share the cores
 
 
 def use_shared_datasets() -> None:
@@ -52,9 +51,11 @@ def ipdrl_script() -> str:
 def run_logged(command: list[str], log_path: Path, what: str, one_core: bool, tag: str = "evidence") -> int:
     """Run ``command`` from the repository with its output in ``log_path``, printing start and end (with ``what``
     and the minutes taken); ``one_core`` adds the single-threaded XLA flags. Returns the exit status."""
+    from ipdrl.sweeps import SINGLE_THREAD_MATMULS
+
     env = dict(os.environ)
     if one_core:
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {SINGLE_THREAD_MATMULS}".strip()
     started = time.perf_counter()
     print(f"[{tag}] start  {shlex.join(command)}", flush=True)
     with open(log_path, "w") as log:

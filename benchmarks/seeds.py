@@ -22,7 +22,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from machine import cpu_name  # noqa: E402
 
-from ipdrl.sweeps import ONE_CORE, core_share  # noqa: E402
+from ipdrl.sweeps import SINGLE_THREAD_MATMULS, core_share  # noqa: E402
 
 
 def ipdrl(*args: str, cwd: str, one_core: bool, cores: set[int] | None = None) -> subprocess.Popen:
@@ -30,7 +30,7 @@ def ipdrl(*args: str, cwd: str, one_core: bool, cores: set[int] | None = None) -
     cores only, as a sweep's worker keeps its runs (``sweeps.CoreShare``)."""
     env = dict(os.environ)
     if one_core:
-        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
+        env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {SINGLE_THREAD_MATMULS}".strip()
     return subprocess.Popen([sys.executable, "-m", "ipdrl", "train", *args], cwd=cwd, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, env=env,
                             preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)

@@ -62,7 +62,7 @@ from ipdrl.data.loading import dataset_label
 
 log = logging.getLogger("ipdrl")
 
-ONE_CORE = "--xla_cpu_multi_thread_eigen=false"
+SINGLE_THREAD_MATMULS = "--xla_cpu_multi_thread_eigen=false"  # every sweep run's XLA flags
 IPDRL_TRAIN = [sys.executable, "-m", "ipdrl", "train"]
 
 
@@ -400,10 +400,10 @@ def run_job(job: Job, env: dict[str, str] | None = None, after: Any = None) -> l
 
 
 def call_logged(command: tuple[str, ...] | list[str], log_path: Path, env: dict[str, str] | None, label: str) -> None:
-    """Run ``command`` as a worker's task: XLA's matmuls on one thread (``ONE_CORE``), output appended to
+    """Run ``command`` as a worker's task: XLA's matmuls on one thread (``SINGLE_THREAD_MATMULS``), output appended to
     ``log_path``, killed with the worker; a failure raises with the log's last lines."""
     environment = {**os.environ, **(env or {})}
-    environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {ONE_CORE}".strip()
+    environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {SINGLE_THREAD_MATMULS}".strip()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as output:
         output.write(f"\n$ {' '.join(command)}\n".encode())
@@ -476,10 +476,10 @@ def core_share(index: int, workers: int, cores: list[int]) -> set[int]:
 
 class CoreShare(WorkerPlugin):
     """A Dask worker plugin: each worker of a local cluster, and every run it starts, keeps its own share of the
-    machine's cores (:func:`core_share`). XLA sizes its thread pools from this affinity mask; ``ONE_CORE``'s flags
-    alone still give each run a thread per core, so busy workers share every core. A pinned run computes some
-    reductions in another order than an unpinned one, so its results differ in the last bits from ``ipdrl train``'s
-    alone on the same machine (README, "Sweeps")."""
+    machine's cores (:func:`core_share`). XLA sizes its thread pools from this affinity mask; the flags
+    (``SINGLE_THREAD_MATMULS``) alone still give each run a thread per core, so busy workers share every core. A
+    pinned run computes some reductions in another order than an unpinned one, so its results differ in the last bits
+    from ``ipdrl train``'s alone on the same machine (README, "Sweeps")."""
 
     def __init__(self, workers: int):
         self.workers = workers
