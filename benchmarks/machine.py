@@ -8,13 +8,13 @@ Every benchmark reports throughput against the peak measured here, in the same r
 from __future__ import annotations
 
 import argparse
-import contextlib
 import os
-import platform
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from ipdrl.host import cpu_name  # noqa: F401  (re-exported: every benchmark names its CPU this way)
 
 ORIGINAL_ENV = dict(os.environ)
 ALL_CORES = os.sched_getaffinity(0)
@@ -48,20 +48,6 @@ def peak_worker() -> None:
         jax.block_until_ready(chain(a, b))
         times.append(time.perf_counter() - start)
     print(2 * n**3 * reps / min(times) / 1e9)
-
-
-def cpu_name() -> str:
-    """The CPU's model name with its family and model numbers from ``/proc/cpuinfo``: machines differ between runs,
-    and one name (a virtual machine's "AMD EPYC", say) covers generations with different vector units."""
-    fields: dict[str, str] = {}
-    with contextlib.suppress(OSError):
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            key, _, value = line.partition(":")
-            fields.setdefault(key.strip(), value.strip())
-    name = fields.get("model name", platform.processor() or "unknown CPU")
-    if "cpu family" not in fields:
-        return name
-    return f"{name} (family {fields['cpu family']}, model {fields.get('model', '?')})"
 
 
 def usable_cores() -> int:

@@ -15,6 +15,7 @@ from ipdrl.algos import Algorithm, as_algorithm, available, get_algorithm
 from ipdrl.config import RunConfig, config_from_json
 from ipdrl.data.dataset import Dataset
 from ipdrl.data.loading import dataset_label, load_dataset
+from ipdrl.host import host
 from ipdrl.runs import Run, setting_changes
 from ipdrl.training import SEED_BATCHING
 
@@ -178,7 +179,7 @@ def _finish(algorithm: Algorithm, config: RunConfig, dataset: Dataset, run: Run,
     if "dataset_fingerprint" not in results:  # train_seeds hashes its data once for all its seeds
         results["dataset_fingerprint"] = dataset.fingerprint()
     results.update(algo=algorithm.name, dataset=dataset.name, seed=config.seed, train_seconds=seconds,
-                   run_dir=str(run.path))
+                   run_dir=str(run.path), finished_on=host())
     run.save_results(results)
     run.plot()
     return results

@@ -460,6 +460,7 @@ def run_row(task: Task) -> dict[str, Any]:
         "budget": task.budget,
         "steps": results.get("steps"),
         "train_seconds": results.get("train_seconds"),
+        "finished_on": results.get("finished_on"),  # rows of one table may come from several machines
         "checkpoint": results.get("checkpoint", "final"),
         "command": " ".join(task.command[2:] if task.command[:2] == tuple(IPDRL_TRAIN[:2]) else task.command),
         "run_dir": task.run_dir,

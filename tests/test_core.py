@@ -258,6 +258,8 @@ def test_an_algorithm_of_ones_own_registers_and_trains_through_the_pipeline(tmp_
     embedded = load_dataset("embedded")
     assert results["dataset_fingerprint"] == embedded.fingerprint() != embedded.replace(
         rewards=embedded.rewards + 1).fingerprint()  # which data a run trained on travels with its results
+    where = results["finished_on"]  # and where it trained: a seed's last bits depend on the CPU and its core count
+    assert where["cores"] == len(os.sched_getaffinity(0)) and where["cpu"] and where["backend"] == "cpu"
     with pytest.raises(ValueError, match="unknown algorithm 'nope'"):
         get_algorithm("nope")
 
