@@ -400,9 +400,14 @@ def run_job(job: Job, env: dict[str, str] | None = None, after: Any = None) -> l
 
 
 def call_logged(command: tuple[str, ...] | list[str], log_path: Path, env: dict[str, str] | None, label: str) -> None:
-    """Run ``command`` as a worker's task: XLA's matmuls on one thread (``SINGLE_THREAD_MATMULS``), output appended to
-    ``log_path``, killed with the worker; a failure raises with the log's last lines."""
+    """Run ``command`` as a worker's task: XLA's matmuls on one thread (``SINGLE_THREAD_MATMULS``), glibc's default
+    memory trimming, output appended to ``log_path``, killed with the worker; a failure raises with the log's last
+    lines."""
     environment = {**os.environ, **(env or {})}
+    # Dask's nanny sets MALLOC_TRIM_THRESHOLD_=65536 in its workers so that they hand freed memory back to the OS. A
+    # run inherits it, and glibc then trims on XLA's buffer churn at every step: an IQL update runs a quarter slower
+    # (README, "Sweeps"). A run is a process of its own that frees everything when it exits, so it goes without.
+    environment.pop("MALLOC_TRIM_THRESHOLD_", None)
     environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {SINGLE_THREAD_MATMULS}".strip()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as output:

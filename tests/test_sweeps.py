@@ -243,7 +243,7 @@ def test_a_methods_seeds_train_together_split_so_that_every_worker_has_a_job():
         [task.command for task in sweeps.tasks(alone)]
 
 
-def test_a_local_clusters_workers_and_their_runs_each_keep_their_own_share_of_the_cores(tmp_path):
+def test_a_local_clusters_runs_keep_their_workers_share_of_the_cores_but_not_dasks_memory_trimming(tmp_path):
     from distributed import Client
 
     from ipdrl.commands.sweep import main as sweep_main
@@ -257,9 +257,11 @@ def test_a_local_clusters_workers_and_their_runs_each_keep_their_own_share_of_th
     cores = set(os.sched_getaffinity(0))
     if len(cores) < 2:
         pytest.skip("needs two cores")
-    command = [sys.executable, "-c", "import os; print('cores', sorted(os.sched_getaffinity(0)))"]
+    command = [sys.executable, "-c", "import os; print('cores', sorted(os.sched_getaffinity(0)), "
+               "'trim', os.environ.get('MALLOC_TRIM_THRESHOLD_'))"]
     with sweeps.local_cluster(2, pin_cores=True) as cluster, Client(cluster) as client:
         shares = [set(share) for share in client.run(lambda: os.sched_getaffinity(0)).values()]
+        trims = set(client.run(lambda: os.environ.get("MALLOC_TRIM_THRESHOLD_")).values())
         futures = [client.submit(sweeps.call_logged, command, tmp_path / f"{i}.log", None, str(i), pure=False)
                    for i in range(4)]
         client.gather(futures)
@@ -267,6 +269,8 @@ def test_a_local_clusters_workers_and_their_runs_each_keep_their_own_share_of_th
     runs = [set(json.loads(re.search(r"cores (\[.*\])", (tmp_path / f"{i}.log").read_text()).group(1)))
             for i in range(4)]
     assert all(run in shares for run in runs)
+    # Dask's workers trim freed memory eagerly, which slows XLA; the runs they start do not inherit it
+    assert trims == {"65536"} and all("trim None" in (tmp_path / f"{i}.log").read_text() for i in range(4))
     with sweeps.local_cluster(2) as cluster, Client(cluster) as client:  # unpinned by default
         assert all(set(share) == cores for share in client.run(lambda: os.sched_getaffinity(0)).values())
 
