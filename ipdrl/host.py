@@ -23,12 +23,16 @@ def cpu_name() -> str:
     return f"{name} (family {fields['cpu family']}, model {fields.get('model', '?')})"
 
 
+def usable_cores() -> int:
+    """Cores this process may run on (``taskset`` or a cluster's share may allow fewer than the machine has)."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 def host() -> dict[str, Any]:
     """Where this process trains, for results.json. A run's last bits depend on the CPU and on how many cores XLA may
     use (it splits some reductions by its thread count: README, "Sweeps"), so the same seed reproduces only where
     these match."""
     import jax  # here, not at the top: benchmarks name their CPU before they pin themselves and start JAX
 
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    return {"cpu": cpu_name(), "cores": cores, "xla_flags": os.environ.get("XLA_FLAGS", ""),
+    return {"cpu": cpu_name(), "cores": usable_cores(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "jax": jax.__version__, "backend": jax.default_backend()}

@@ -3,6 +3,7 @@
 Layout of a run directory::
 
     config.json          the resolved configuration (algorithm name included)
+    .lock                held by the process training the run, so that no second one resumes it at the same time
     metrics.jsonl        one JSON object per logged step: {"step", "train/...", "eval/normalized_score", ...}
     metrics.csv          the same rows as CSV
     checkpoint.msgpack   latest train state and its step (flax.serialization), written atomically
@@ -19,6 +20,7 @@ import csv
 import json
 import logging
 import os
+import sys
 from pathlib import Path
 from typing import Any, Mapping
 
@@ -58,6 +60,7 @@ class Run:
                     f"same settings, or start a new --run-dir."
                 )
         run.path.mkdir(parents=True, exist_ok=True)
+        _claim(run.path)
         atomic_write_json(config_path, dict(config))
         run._attach_file_log()
         return run
@@ -195,6 +198,7 @@ class Run:
     # ---- results ---------------------------------------------------------------------------------
     def save_results(self, results: Mapping[str, Any]) -> None:
         atomic_write_json(self.path / "results.json", dict(results))
+        _release(self.path)  # finished: another process may now read, re-evaluate or extend it
 
     def results(self) -> dict[str, Any]:
         return json.loads((self.path / "results.json").read_text())
@@ -227,6 +231,42 @@ class Run:
             fig.savefig(tmp, dpi=90)
         plt.close(fig)
         return out
+
+
+_CLAIMED: dict[Path, Any] = {}  # run directories this process trains, each with its lock file held open
+
+
+def _claim(path: Path) -> None:
+    """Lock ``path`` for this process until its results are saved or the process exits (the OS drops the lock of a
+    killed process). A second process resuming the same run (a rerun sweep while the first one's run still trains on
+    a cluster, the same command in two terminals) would overwrite its checkpoints; it stops here instead."""
+    key = path.resolve()
+    if key in _CLAIMED or sys.platform == "win32":
+        return
+    import fcntl
+
+    handle = open(key / ".lock", "a+")
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.seek(0)
+        holder = handle.read().strip() or "another process"
+        handle.close()
+        raise RuntimeError(f"run directory {path} is being trained by {holder}. Wait for it to finish, or stop it, "
+                           f"then run this again.") from None
+    except OSError:  # a file system without locks (some network mounts): train unprotected
+        handle.close()
+        return
+    handle.truncate(0)
+    handle.write(f"process {os.getpid()} on {os.uname().nodename}\n")
+    handle.flush()
+    _CLAIMED[key] = handle
+
+
+def _release(path: Path) -> None:
+    handle = _CLAIMED.pop(path.resolve(), None)
+    if handle is not None:
+        handle.close()
 
 
 def setting_changes(saved: Mapping[str, Any], config: Mapping[str, Any], defaults: Mapping[str, Any] | None = None

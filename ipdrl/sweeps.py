@@ -49,6 +49,7 @@ import json
 import logging
 import os
 import signal
+import string
 import subprocess
 import sys
 import time
@@ -59,6 +60,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 
 from ipdrl.config import require
 from ipdrl.data.loading import dataset_label
+from ipdrl.host import usable_cores
 
 log = logging.getLogger("ipdrl")
 
@@ -100,10 +102,20 @@ class Sweep:
     def __post_init__(self) -> None:
         self.methods = _methods(self.name, self.methods)
         names = [m.name for m in self.methods]
-        require(bool(self.methods), f"sweep {self.name!r} has no methods.")
         for method in self.methods:
             require(method.after is None or method.after in names[:names.index(method.name)],
                     f"sweep {self.name!r}: {method.name} runs after {method.after!r}, which must be an earlier method.")
+        self.check()
+
+    def check(self) -> None:
+        """What must hold after the command line has narrowed or replaced the file's lists (``--methods``,
+        ``--datasets``, ``--seeds``) too."""
+        names = [m.name for m in self.methods]
+        require(bool(self.methods), f"sweep {self.name!r} has no methods.")
+        for seeds, where in [(self.seeds, "seeds"), *((m.seeds, f"{m.name}'s seeds") for m in self.methods)]:
+            require(seeds is None or len(set(seeds)) == len(seeds), f"sweep {self.name!r}: {where} {seeds} repeat a "
+                    f"seed; list each once.")
+        require(bool(self.seeds) or all(m.seeds for m in self.methods), f"sweep {self.name!r} has no seeds to run.")
         every = sorted({d for m in self.methods for d in m.datasets or []} | set(self.datasets))
         labels = [dataset_label(d) for d in every]
         require(len(set(labels)) == len(labels), f"sweep {self.name!r}: datasets {every} share run-directory names "
@@ -261,7 +273,7 @@ def load(path: str | Path) -> Sweep:
     elif path.suffix in (".yaml", ".yml"):
         import yaml
 
-        values = yaml.safe_load(path.read_text())
+        values = yaml.safe_load(path.read_text()) or {}  # an empty file is a sweep with nothing in it
     else:
         raise ValueError(f"{path}: a sweep is a .toml or .yaml file.")
     fields = {f.name for f in dataclasses.fields(Sweep)}
@@ -309,8 +321,23 @@ def _train_command(sweep: Sweep, method: Method, budget: str, dataset: str, seed
 
 def _flags(sweep: Sweep, method: Method, dataset: str, seed: int | None) -> list[str]:
     """The sweep's and the method's flags with {dataset}, {label}, {seed} and {out} filled in."""
-    return [flag.format(dataset=dataset, label=dataset_label(dataset), seed=seed, out=Path(sweep.out))
-            for flag in sweep.flags + method.flags]
+    filled = []
+    for flag in sweep.flags + method.flags:
+        try:
+            filled.append(flag.format(dataset=dataset, label=dataset_label(dataset), seed=seed, out=Path(sweep.out)))
+        except (KeyError, IndexError, ValueError, TypeError) as error:
+            raise ValueError(f"sweep {sweep.name!r}: {method.name}'s flag {flag!r} cannot be filled in ({error!r}): "
+                             f"a flag may name {{dataset}}, {{label}}, {{seed}} and {{out}}; write a literal brace as "
+                             f"{{{{ or }}}}.") from None
+    return filled
+
+
+def _names_seed(flag: str) -> bool:
+    """Whether ``flag`` fills in the seed (``{seed}``, ``{seed:03d}``, ...)."""
+    try:
+        return any(field == "seed" for _, field, _, _ in string.Formatter().parse(flag))
+    except ValueError:  # an unbalanced brace: _flags names it
+        return False
 
 
 @dataclasses.dataclass(frozen=True)
@@ -358,7 +385,7 @@ def jobs(sweep: Sweep, todo: list[Task], workers: int) -> list[Job]:
 def _trains_seeds_together(method: Method, common_flags: list[str]) -> bool:
     from ipdrl.algos import get_algorithm
 
-    per_seed = any("{seed}" in flag for flag in common_flags + method.flags)
+    per_seed = any(_names_seed(flag) for flag in common_flags + method.flags)
     return method.program is None and not per_seed and get_algorithm(method.algo).train_seeds is not None
 
 
@@ -372,14 +399,24 @@ def _seeds_command(sweep: Sweep, method: Method, runs: tuple[Task, ...]) -> tupl
 
 
 # ---- running one job (on a worker) ---------------------------------------------------------------------------
-def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
-    """A run must not outlive its worker: a killed worker's rerun would race with it on the run directory."""
+def _libc_prctl():
+    """libc's prctl, looked up here and not in the child between fork and exec, where loading a library can
+    deadlock on a lock another thread of the worker held at the fork."""
     try:
         import ctypes
 
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        return ctypes.CDLL("libc.so.6", use_errno=True).prctl
     except OSError:
-        pass
+        return None
+
+
+_PRCTL = _libc_prctl() if sys.platform == "linux" else None
+
+
+def _die_with_parent() -> None:  # pragma: no cover - runs in the child between fork and exec
+    """A run must not outlive its worker: a killed worker's rerun would race with it on the run directory."""
+    if _PRCTL is not None:
+        _PRCTL(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
 def run_job(job: Job, env: dict[str, str] | None = None, after: Any = None) -> list[dict[str, Any]]:
@@ -408,6 +445,8 @@ def call_logged(command: tuple[str, ...] | list[str], log_path: Path, env: dict[
     # run inherits it, and glibc then trims on XLA's buffer churn at every step: an IQL update runs a quarter slower
     # (README, "Sweeps"). A run is a process of its own that frees everything when it exits, so it goes without.
     environment.pop("MALLOC_TRIM_THRESHOLD_", None)
+    # On a GPU, JAX takes 75% of its memory at start; runs sharing one would fail but the first.
+    environment.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
     environment["XLA_FLAGS"] = f"{environment.get('XLA_FLAGS', '')} {SINGLE_THREAD_MATMULS}".strip()
     log_path.parent.mkdir(parents=True, exist_ok=True)
     with open(log_path, "ab") as output:
@@ -521,12 +560,23 @@ def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, 
     from distributed import Client, as_completed
     from tqdm.auto import tqdm
 
+    if scheduler is not None:  # a cluster's workers start in directories of their own: give them absolute paths
+        sweep = dataclasses.replace(sweep, out=str(Path(sweep.out).resolve()), datasets_dir=(
+            str(Path(sweep.datasets_dir).resolve()) if sweep.datasets_dir else sweep.datasets_dir))
     handle_stale(sweep, stale)
     todo = [task for task in tasks(sweep) if not task.done()]
-    env = {"IPDRL_DATASETS": os.pathsep.join(filter(None, [os.environ.get("IPDRL_DATASETS"), sweep.datasets_dir]))}
+    submitting = {task.key for task in todo}
+    for task in todo:  # a run whose base is left out of this sweep (--methods) needs that base finished
+        base = Path(_run_dir(sweep, task.after, task.dataset, task.seed)) if task.after else None
+        require(base is None or task.after_key in submitting or (base / "results.json").exists(),
+                f"sweep {sweep.name}: {task.method} on {task.dataset} seed {task.seed} comes after {task.after}, "
+                f"whose run {base} has not finished and is not part of this sweep. Add {task.after} to --methods, "
+                f"or finish that run first.")
+    folders = [*os.environ.get("IPDRL_DATASETS", "").split(os.pathsep), sweep.datasets_dir or ""]
+    env = {"IPDRL_DATASETS": os.pathsep.join(str(Path(f).resolve()) if scheduler else f for f in folders if f)}
     failures: list[str] = []
     if todo:
-        cluster = local_cluster(workers or len(os.sched_getaffinity(0)), pin_cores) if scheduler is None else None
+        cluster = local_cluster(workers or usable_cores(), pin_cores) if scheduler is None else None
         with Client(scheduler or cluster) as client:
             futures: dict[Any, Job] = {}
             submitted: dict[tuple[str, str, int], Any] = {}

@@ -142,8 +142,8 @@ def overwrite_problem(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
 
 
 def with_carried_rows(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path) -> list[dict[str, Any]]:
-    """``rows`` (the runs finished here) and the existing ``<docs>/<name>.json``'s rows of this sweep's runs whose run
-    directories are not here (finished on another machine), marked ``carried``, in the sweep's order. Each carried
+    """``rows`` (the runs finished here) and the existing ``<docs>/<name>.json``'s rows of this sweep's runs that have
+    not finished here (finished on another machine), marked ``carried``, in the sweep's order. Each carried
     row is checked first: a row at another budget, one whose saved settings differ from what its command gives now
     (a row written before tables kept ``settings`` is checked by its budget and its number of updates alone), or one
     that comes after a run trained here instead of with it (IPD after its IQL), is a ValueError naming it."""
@@ -151,7 +151,8 @@ def with_carried_rows(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
     if not table.exists():
         return rows
     every = tasks(sweep)
-    absent = {task.key: task for task in every if not Path(task.run_dir).exists()}
+    # not finished here: a run directory can exist unfinished (a sweep makes every seed's before training them)
+    absent = {task.key: task for task in every if not task.done()}
     carried, stale = [], []
     for row in json.loads(table.read_text()).get("runs", []):
         task = absent.get(_key(row))

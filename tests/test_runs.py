@@ -151,3 +151,14 @@ def test_dataset_generation_killed_at_random_points_resumes_to_the_identical_dat
     whole, killed = read_d4rl(tmp_path / "whole" / "data.hdf5"), read_d4rl(tmp_path / "killed" / "data.hdf5")
     for key in ("observations", "actions", "rewards", "next_observations", "terminals", "timeouts"):
         np.testing.assert_array_equal(getattr(whole, key), getattr(killed, key))
+
+
+def test_a_run_being_trained_is_not_resumed_by_a_second_process_until_it_has_its_results(tmp_path):
+    run = Run.create(tmp_path / "run", {"algo": "test"})
+    Run.create(tmp_path / "run", {"algo": "test"}, resume=True)  # the same process may open it again
+    second = [sys.executable, "-c", f"from ipdrl.runs import Run; Run.create({str(tmp_path / 'run')!r}, "
+              f"{{'algo': 'test'}}, resume=True); print('resumed')"]
+    refused = subprocess.run(second, capture_output=True, text=True, cwd=REPO)
+    assert refused.returncode != 0 and f"is being trained by process {os.getpid()}" in refused.stderr
+    run.save_results({"score": 1.0})
+    assert subprocess.run(second, capture_output=True, text=True, cwd=REPO).stdout.strip() == "resumed"

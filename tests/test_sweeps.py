@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -418,9 +419,12 @@ def test_a_table_finished_on_another_machine_keeps_the_rows_whose_runs_are_not_h
         assert sweep_main([str(file), *flags, "--keep-missing"]) == 1
         assert why in capsys.readouterr().err and docs.joinpath("t.json").read_bytes() == written
 
-    Path(out, "bc", "embedded-s0").mkdir()  # its base trained again here, the row after it was not
+    Path(out, "bc", "embedded-s0").mkdir()  # a run started here and not finished: the finished row is kept
+    assert sweep_main([str(file), *flags, "--keep-missing"]) == 0 and docs.joinpath("t.json").read_bytes() == written
+    Path(out, "bc", "embedded-s0", "results.json").write_text(json.dumps(  # its base trained again here, the row after
+        {"normalized_mean": 1.0, "normalized_scores": [1.0]}))          # it was not
     refused("bc-after embedded seed 0: it comes after the bc run of its seed, which was trained here")
-    Path(out, "bc", "embedded-s0").rmdir()
+    shutil.rmtree(Path(out, "bc", "embedded-s0"))
     steps = get_algorithm("bc").budgets["cpu"]["steps"]
     monkeypatch.setitem(get_algorithm("bc").budgets["cpu"], "steps", steps + 1)
     move_away("bc", 1)  # stale too, and no longer here either: only the kept rows are judged here
@@ -457,3 +461,40 @@ def test_a_table_says_when_runs_of_one_dataset_trained_on_different_data(tmp_pat
     rows = [row(0, None), row(1, "bb")]  # a row from before runs recorded it: the table cannot vouch for it
     assert "1 version(s) of its data: `bb` (iql seed 1); not recorded (iql seed 0: trained before" in tables.markdown(
         sweep, rows, tables.aggregate(sweep, rows), "c")
+
+
+def test_narrowing_a_sweep_cannot_start_a_run_before_its_base_or_repeat_a_seed(tmp_path):
+    from ipdrl.commands.sweep import main as sweep_main
+    from ipdrl.sweeps import Method, Sweep
+
+    sweep = Sweep(name="t", datasets=["embedded"], seeds=[0], out=str(tmp_path),
+                  methods=[Method(name="iql", algo="iql"), Method(name="ipd", algo="ipd", after="iql")])
+    sweep.methods = sweep.methods[1:]  # what --methods ipd leaves
+    with pytest.raises(ValueError, match=r"comes after iql, whose run .*iql/embedded-s0 has not finished"):
+        sweeps.run(sweep, progress=False)
+    braces = Sweep(name="t", datasets=["embedded"], seeds=[0, 1], methods=[
+        Method(name="bc", algo="bc", flags=["--note", "s{seed:03d}"]), Method(name="b2", algo="bc", flags=["{nope}"])])
+    assert not sweeps._trains_seeds_together(braces.methods[0], [])  # a seed with a format spec is per seed too
+    with pytest.raises(ValueError, match=r"b2's flag '\{nope\}' cannot be filled in"):
+        sweeps.tasks(braces)
+    (tmp_path / "empty.yaml").write_text("")
+    with pytest.raises(ValueError, match="A sweep needs name"):
+        sweeps.load(tmp_path / "empty.yaml")
+    with pytest.raises(ValueError, match=r"seeds \[1, 1\] repeat a seed"):
+        Sweep(name="t", datasets=["embedded"], seeds=[1, 1], methods=[Method(name="bc", algo="bc")])
+    (tmp_path / "t.toml").write_text('name = "t"\ndatasets = ["embedded"]\nseeds = [0, 1]\n'
+                                     '[[methods]]\nname = "bc"\nalgo = "bc"\n')
+    with pytest.raises(ValueError, match=r"seeds \[2, 2\] repeat"):  # checked again after the flags replace a list
+        sweep_main([str(tmp_path / "t.toml"), "--seeds", "2", "2", "--dry-run"])
+
+
+def test_a_sweep_on_a_cluster_gives_its_workers_absolute_paths(tmp_path, monkeypatch):
+    from ipdrl.sweeps import Method, Sweep
+
+    monkeypatch.chdir(tmp_path)  # a cluster's workers start elsewhere, so "runs/..." would be theirs, not ours
+    sweep = Sweep(name="t", datasets=["embedded"], seeds=[0], out="runs/t", methods=[Method(name="bc", algo="bc")])
+    [task] = sweeps.tasks(sweep)
+    Path(task.run_dir).mkdir(parents=True)
+    (Path(task.run_dir) / "results.json").write_text(json.dumps({"normalized_mean": 1.0, "normalized_scores": [1.0]}))
+    rows, failures = sweeps.run(sweep, scheduler="tcp://127.0.0.1:1", progress=False)  # nothing left to submit
+    assert not failures and rows[0]["run_dir"] == str(tmp_path / "runs" / "t" / "bc" / "embedded-s0")

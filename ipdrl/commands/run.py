@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +28,7 @@ from ipdrl import pipelines, presets, statistics, sweeps, tables
 from ipdrl.algos import dt, ipd, ipd_stages, iql
 from ipdrl.data.loading import load_dataset
 from ipdrl.evaluation import evaluate
+from ipdrl.host import usable_cores
 from ipdrl.pipelines import prepare, train
 from ipdrl.runs import Run
 from ipdrl.storage import atomic_write_bytes, atomic_write_json
@@ -219,7 +219,7 @@ def run_seeds(args: Args) -> int:
     todo = [seed for seed in args.seeds if not seed_done(args, seed, folders[seed])]
     failures: list[str] = []
     if todo:
-        workers = min(args.workers or len(os.sched_getaffinity(0)), len(todo))
+        workers = min(args.workers or usable_cores(), len(todo))
         log.info("ipdrl run: seeds %s, %d at a time; logs in %s/seed-S/job.log",
                  " ".join(map(str, todo)), workers, out)
         with sweeps.local_cluster(workers) as cluster, Client(cluster) as client:

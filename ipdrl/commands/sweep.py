@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import shlex
 import sys
 
 from ipdrl import sweeps, tables
+from ipdrl.host import usable_cores
 from ipdrl.presets import BUDGET_NAMES
 
 
@@ -80,6 +80,7 @@ def main(argv: list[str]) -> int:
             method.datasets = [name for name in method.datasets if name in args.datasets]
     if not args.file:
         sweep.out = args.out or f"runs/sweeps/{sweep.name}"
+    sweep.check()  # the file's checks again, on the lists the flags above replaced or narrowed
 
     if args.report_only and args.stale == "retrain":
         parser.error("--retrain-stale trains, --report-only does not: drop one")
@@ -131,6 +132,6 @@ def dry_run(sweep: sweeps.Sweep, args: argparse.Namespace) -> None:
             print(f"done    {shlex.join(task.command)}")
         if not task.done() or (task in stale and args.stale == "retrain"):
             todo.append(task)
-    workers = args.workers or (1 if args.scheduler else len(os.sched_getaffinity(0)))
+    workers = args.workers or (1 if args.scheduler else usable_cores())
     for job in sweeps.jobs(sweep, todo, workers):
         print(f"to run  {shlex.join(job.command)}")
