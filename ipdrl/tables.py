@@ -31,13 +31,20 @@ def _by_run(rows: Iterable[dict[str, Any]], method: str) -> dict[tuple[str, int]
             if r["method"] == method and r["normalized_score"] is not None}
 
 
+def table_datasets(sweep: Sweep) -> list[str]:
+    """The table's columns: the sweep's datasets, then those only some methods run on (a method's own list)."""
+    extra = [d for m in sweep.methods for d in m.datasets or [] if d not in sweep.datasets]
+    return [*sweep.datasets, *dict.fromkeys(extra)]
+
+
 def aggregate(sweep: Sweep, rows: list[dict[str, Any]]) -> dict[str, Any]:
     """Per method and dataset, and per method over all datasets: mean and IQM with 95% stratified bootstrap CIs;
     the paired differences the sweep asks for, on the seeds both methods have."""
     per_dataset, overall, paired = [], [], []
+    columns = table_datasets(sweep)
     for method in sweep.methods:
         scores = scores_by(rows, method.name)
-        for dataset in sweep.datasets:
+        for dataset in columns:
             if dataset in scores:
                 per_dataset.append({"method": method.name, "dataset": dataset, "seeds": len(scores[dataset]),
                                     "scores": scores[dataset], **statistics.summary({dataset: scores[dataset]})})
@@ -46,7 +53,7 @@ def aggregate(sweep: Sweep, rows: list[dict[str, Any]]) -> dict[str, Any]:
     for a, b in sweep.paired:
         score_a, score_b = _by_run(rows, a), _by_run(rows, b)
         common = sorted(set(score_a) & set(score_b))
-        for scope in [*sweep.datasets, "all"]:
+        for scope in [*columns, "all"]:
             strata_a: dict[str, list[float]] = {}
             strata_b: dict[str, list[float]] = {}
             for dataset, seed in common:
@@ -79,11 +86,12 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any
              f"seeds [95% stratified bootstrap CI] (mean); the last column aggregates over datasets.", ""]
     cells = {(s["method"], s["dataset"]): s for s in aggregates["per_dataset"]}
     whole = {s["method"]: s for s in aggregates["overall"]}
-    lines += ["| method | " + " | ".join(map(dataset_label, sweep.datasets)) + " | all |",
-              "|---" * (len(sweep.datasets) + 2) + "|"]
+    columns = table_datasets(sweep)
+    lines += ["| method | " + " | ".join(map(dataset_label, columns)) + " | all |",
+              "|---" * (len(columns) + 2) + "|"]
     for method in sweep.methods:
         row = [cell(cells[(method.name, d)]) + f" n={cells[(method.name, d)]['seeds']}" if (method.name, d) in cells
-               else "—" for d in sweep.datasets]
+               else "—" for d in columns]
         lines.append(f"| {method.name} | " + " | ".join(row) + f" | {cell(whole[method.name]) if method.name in whole else '—'} |")
     if aggregates["paired"]:
         lines += ["", "Paired differences (same dataset and seed), mean [95% stratified bootstrap CI] and the 95% "
@@ -95,7 +103,7 @@ def markdown(sweep: Sweep, rows: list[dict[str, Any]], aggregates: dict[str, Any
             difference = f"{p['mean']:+.1f} {signed_interval(p['mean_ci'])}".strip()
             lines.append(f"| {p['a']} − {p['b']} | {scope} | {p['runs']} | {difference} | "
                          f"{signed_interval(p['mean_t_ci']) or '—'} |")
-    for dataset in sweep.datasets:  # data generated again on another CPU (MuJoCo rounds differently) differs
+    for dataset in columns:  # data generated again on another CPU (MuJoCo rounds differently) differs
         versions: dict[str | None, list[str]] = {}
         for r in rows:
             if r["dataset"] == dataset:
@@ -208,7 +216,7 @@ def write_report(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path, com
     aggregates = aggregate(sweep, rows)
     docs = Path(docs)
     atomic_write_json(docs / f"{sweep.name}.json", {
-        "table": sweep.name, "command": command, "budget": sweep.budget, "datasets": sweep.datasets,
+        "table": sweep.name, "command": command, "budget": sweep.budget, "datasets": table_datasets(sweep),
         "seeds": sweep.seeds, "made": time.strftime("%Y-%m-%d"), "runs": rows,
         "aggregates": undefined_as_null(aggregates)})
     atomic_write_bytes(docs / f"{sweep.name}.md", markdown(sweep, rows, aggregates, command).encode())

@@ -498,3 +498,17 @@ def test_a_sweep_on_a_cluster_gives_its_workers_absolute_paths(tmp_path, monkeyp
     (Path(task.run_dir) / "results.json").write_text(json.dumps({"normalized_mean": 1.0, "normalized_scores": [1.0]}))
     rows, failures = sweeps.run(sweep, scheduler="tcp://127.0.0.1:1", progress=False)  # nothing left to submit
     assert not failures and rows[0]["run_dir"] == str(tmp_path / "runs" / "t" / "bc" / "embedded-s0")
+
+
+def test_a_dataset_only_one_method_runs_on_gets_its_own_column():
+    from ipdrl import tables
+    from ipdrl.sweeps import Method, Sweep
+
+    sweep = Sweep(name="t", datasets=["a"], seeds=[0, 1], methods=[
+        Method(name="m1", algo="bc"), Method(name="m2", algo="bc", datasets=["a", "b"])])
+    rows = [{"method": m, "dataset": d, "seed": s, "normalized_score": 10.0 * s + (d == "b") * 40}
+            for m, d in [("m1", "a"), ("m2", "a"), ("m2", "b")] for s in (0, 1)]
+    aggregates = tables.aggregate(sweep, rows)
+    assert [(c["method"], c["dataset"]) for c in aggregates["per_dataset"]] == [("m1", "a"), ("m2", "a"), ("m2", "b")]
+    header = tables.markdown(sweep, rows, aggregates, "ipdrl sweep t").splitlines()[4]
+    assert header == "| method | a | b | all |"  # m2's "all" counts b, so b is shown, not hidden
