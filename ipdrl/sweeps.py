@@ -44,6 +44,7 @@ workers must see the same file system.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import json
 import logging
@@ -561,8 +562,9 @@ def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, 
     from tqdm.auto import tqdm
 
     if scheduler is not None:  # a cluster's workers start in directories of their own: give them absolute paths
-        sweep = dataclasses.replace(sweep, out=str(Path(sweep.out).resolve()), datasets_dir=(
-            str(Path(sweep.datasets_dir).resolve()) if sweep.datasets_dir else sweep.datasets_dir))
+        sweep = copy.copy(sweep)  # not dataclasses.replace: its checks would refuse a base left out by --methods
+        sweep.out = str(Path(sweep.out).resolve())
+        sweep.datasets_dir = str(Path(sweep.datasets_dir).resolve()) if sweep.datasets_dir else None
     handle_stale(sweep, stale)
     todo = [task for task in tasks(sweep) if not task.done()]
     submitting = {task.key for task in todo}

@@ -492,7 +492,11 @@ def test_a_sweep_on_a_cluster_gives_its_workers_absolute_paths(tmp_path, monkeyp
     from ipdrl.sweeps import Method, Sweep
 
     monkeypatch.chdir(tmp_path)  # a cluster's workers start elsewhere, so "runs/..." would be theirs, not ours
-    sweep = Sweep(name="t", datasets=["embedded"], seeds=[0], out="runs/t", methods=[Method(name="bc", algo="bc")])
+    sweep = Sweep(name="t", datasets=["embedded"], seeds=[0], out="runs/t",
+                  methods=[Method(name="iql", algo="iql"), Method(name="bc", algo="bc", after="iql")])
+    sweep.methods = sweep.methods[1:]  # --methods bc: its base left out, and finished (below)
+    Path("runs/t/iql/embedded-s0").mkdir(parents=True)
+    Path("runs/t/iql/embedded-s0/results.json").write_text("{}")
     [task] = sweeps.tasks(sweep)
     Path(task.run_dir).mkdir(parents=True)
     (Path(task.run_dir) / "results.json").write_text(json.dumps({"normalized_mean": 1.0, "normalized_scores": [1.0]}))
