@@ -12,7 +12,6 @@ import os
 import subprocess
 import sys
 import time
-from pathlib import Path
 
 from ipdrl.host import cpu_name  # noqa: F401  (re-exported: every benchmark names its CPU this way)
 
