@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
+import tempfile
 from pathlib import Path
 
 import h5py
@@ -10,6 +13,14 @@ import numpy as np
 import pytest
 
 from ipdrl.data.dataset import Dataset
+from ipdrl.host import COMPILATION_CACHE_ENV, use_compilation_cache
+
+# Compiled programs are shared by the session's tests (and the subprocesses they start), not kept after it, unless
+# $IPDRL_COMPILATION_CACHE names a folder.
+if COMPILATION_CACHE_ENV not in os.environ:
+    os.environ[COMPILATION_CACHE_ENV] = tempfile.mkdtemp(prefix="ipdrl-test-xla-")
+    atexit.register(shutil.rmtree, os.environ[COMPILATION_CACHE_ENV], True)
+use_compilation_cache()
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IPDRL_SHARED", REPO.parent / "shared"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
@@ -289,3 +290,38 @@ def test_evaluations_can_be_recorded_for_plots():
     evaluate(policy, {}, "Pendulum-v1", episodes=1, seed=0, max_steps=3)  # outside: not recorded
     assert len(recorded) == 1 and [len(e) for e in recorded[0]] == [n + 1 for n in result["lengths"]] == [8, 8]
     assert recorded[0][0].shape == (8, 3)
+
+
+def test_a_cached_program_trains_the_same_bits_as_a_fresh_compile(tmp_path):
+    # The second run finds every program the first compiled (ipdrl/host.py: use_compilation_cache) and must train to
+    # the same checkpoint and scores.
+    cache = tmp_path / "xla"
+    env = dict(os.environ, IPDRL_COMPILATION_CACHE=str(cache), JAX_PLATFORMS="cpu")
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
+    files = []
+    for run in ("cold", "warm"):
+        result = subprocess.run([sys.executable, "-m", "ipdrl", "train", "--algo", "dt", "--budget", "tiny", "--steps",
+                                 "50", "--eval-episodes", "1", "--run-dir", str(tmp_path / run), "--no-progress"],
+                                capture_output=True, text=True, timeout=300, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        files.append(sorted(p.name for p in cache.rglob("*-cache")))
+    assert files[0] and files[1] == files[0]  # the warm run compiled nothing worth keeping: it found it all
+    for name in ("checkpoint.msgpack", "results.json"):
+        cold, warm = (tmp_path / run / name for run in ("cold", "warm"))
+        if name == "results.json":
+            cold, warm = (json.loads(p.read_text()) for p in (cold, warm))
+            assert cold["returns"] == warm["returns"]
+        else:
+            assert cold.read_bytes() == warm.read_bytes()
+
+
+def test_the_compilation_cache_is_per_cpu_and_can_be_turned_off(monkeypatch, tmp_path):
+    from ipdrl import host
+
+    monkeypatch.setenv(host.COMPILATION_CACHE_ENV, str(tmp_path))
+    folder = host.compilation_cache_dir()
+    assert folder.parent == tmp_path and len(folder.name) == 12
+    monkeypatch.setattr(host, "_cpu_features", lambda: "another CPU|avx512f")
+    assert host.compilation_cache_dir() != folder
+    monkeypatch.setenv(host.COMPILATION_CACHE_ENV, "off")
+    assert host.compilation_cache_dir() is None

@@ -17,6 +17,8 @@ import logging
 import sys
 from typing import Callable
 
+from ipdrl.host import use_compilation_cache
+
 # Each command is a function taking argv, in the module that implements it (imported only when it runs).
 COMMANDS: dict[str, str] = {
     "run": "ipdrl.commands.run:main",
@@ -42,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     for words in (2, 1):
         name = " ".join(argv[:words])
         if len(argv) >= words and name in COMMANDS:
+            use_compilation_cache()
             try:
                 return _resolve(COMMANDS[name])(argv[words:]) or 0
             except BrokenPipeError:  # the reader went away (`ipdrl ... | head`): nothing left to say
