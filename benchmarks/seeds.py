@@ -2,7 +2,11 @@
 processes (as many at a time as there are cores, as a sweep runs them: with its XLA flags alone, and each also on
 its own core, as a sweep's worker keeps its runs), wall clock from start to results.json.
 
-    python benchmarks/seeds.py [--algo iql] [--seeds 5] [--steps 5000] [--dataset embedded] [--out FILE.json]
+    python benchmarks/seeds.py [--algo iql] [--seeds 5] [--steps 5000] [--dataset embedded] [--compilation-cache]
+                               [--out FILE.json]
+
+Every process compiles its own programs, unless ``--compilation-cache``: then all share one new folder of compiled
+programs (ipdrl/host.py), which the first row fills, as the runs of a sweep or of ``ipdrl run --seeds`` share theirs.
 
 Prints a table (total updates/s of all seeds, and the time against separate processes) and writes JSON. Run it on an
 otherwise idle machine.
@@ -25,10 +29,12 @@ from machine import cpu_name  # noqa: E402
 from ipdrl.sweeps import SINGLE_THREAD_MATMULS, core_share  # noqa: E402
 
 
-def ipdrl(*args: str, cwd: str, one_core: bool, cores: set[int] | None = None) -> subprocess.Popen:
-    """``ipdrl train ARGS``; ``one_core``: with the XLA flags a sweep's runs get (one op thread); ``cores``: on these
-    cores only, as a sweep's worker keeps its runs (``sweeps.CoreShare``)."""
-    env = dict(os.environ)
+def ipdrl(*args: str, cwd: str, one_core: bool, cache: str, cores: set[int] | None = None) -> subprocess.Popen:
+    """``ipdrl train ARGS``; ``one_core``: with the XLA flags a sweep's runs get (one op thread); ``cache``: the folder
+    of compiled programs, or "off"; ``cores``: on these cores only, as a sweep's worker keeps its runs
+    (``sweeps.CoreShare``)."""
+    env = dict(os.environ, IPDRL_COMPILATION_CACHE=cache)
+    env.pop("JAX_COMPILATION_CACHE_DIR", None)
     if one_core:
         env["XLA_FLAGS"] = f"{env.get('XLA_FLAGS', '')} {SINGLE_THREAD_MATMULS}".strip()
     return subprocess.Popen([sys.executable, "-m", "ipdrl", "train", *args], cwd=cwd, stdout=subprocess.DEVNULL,
@@ -36,7 +42,7 @@ def ipdrl(*args: str, cwd: str, one_core: bool, cores: set[int] | None = None) -
                             preexec_fn=(lambda: os.sched_setaffinity(0, cores)) if cores else None)
 
 
-def timed(processes: list[list[str]], at_once: int, cwd: str, pinned: bool = False) -> float:
+def timed(processes: list[list[str]], at_once: int, cwd: str, cache: str, pinned: bool = False) -> float:
     """Seconds to run every command, ``at_once`` at a time (more than one: each with the XLA flags of a sweep's runs,
     and with ``pinned`` also on its own share of the cores, as a sweep's worker)."""
     cores = sorted(os.sched_getaffinity(0))
@@ -45,7 +51,7 @@ def timed(processes: list[list[str]], at_once: int, cwd: str, pinned: bool = Fal
         for slot in range(at_once):
             if pending and slot not in running:
                 share = core_share(slot, at_once, cores) if pinned else None
-                running[slot] = ipdrl(*pending.pop(0), cwd=cwd, one_core=at_once > 1, cores=share)
+                running[slot] = ipdrl(*pending.pop(0), cwd=cwd, one_core=at_once > 1, cache=cache, cores=share)
         for slot, proc in list(running.items()):
             if proc.poll() is not None:
                 if proc.returncode:
@@ -61,6 +67,8 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=5)
     parser.add_argument("--steps", type=int, default=5000)
     parser.add_argument("--dataset", default="embedded")
+    parser.add_argument("--compilation-cache", action="store_true", help="processes share one new folder of compiled "
+                        "programs (default: each compiles its own)")
     parser.add_argument("--out", default=None)
     args = parser.parse_args()
     seeds = [str(s) for s in range(args.seeds)]
@@ -69,21 +77,25 @@ def main() -> None:
               "--no-progress"]
     rows = []
     with tempfile.TemporaryDirectory() as work:
-        one = timed([[*common, "--seed", "0", "--run-dir", f"{work}/one"]], 1, work)
+        cache = f"{work}/xla" if args.compilation_cache else "off"
+        one = timed([[*common, "--seed", "0", "--run-dir", f"{work}/one"]], 1, work, cache)
         rows.append(("one seed alone", 1, one))
-        flags_only = timed([[*common, "--seed", s, "--run-dir", f"{work}/flags-s{s}"] for s in seeds], cores, work)
+        flags_only = timed([[*common, "--seed", s, "--run-dir", f"{work}/flags-s{s}"] for s in seeds], cores, work,
+                           cache)
         rows.append((f"{args.seeds} processes, {cores} at a time, XLA flags only", args.seeds, flags_only))
-        separate = timed([[*common, "--seed", s, "--run-dir", f"{work}/sep-s{s}"] for s in seeds], cores, work,
+        separate = timed([[*common, "--seed", s, "--run-dir", f"{work}/sep-s{s}"] for s in seeds], cores, work, cache,
                          pinned=True)
         rows.append((f"{args.seeds} processes, {cores} at a time, each on its own core", args.seeds, separate))
         chunks = [seeds[i::cores] for i in range(min(cores, len(seeds)))]  # as a sweep splits a group of seeds
         for batching in ("map", "vmap"):
             wall = timed([[*common, "--seeds", *chunk, "--seed-batching", batching,
-                           "--run-dir", f"{work}/{batching}-s{{seed}}"] for chunk in chunks], cores, work, pinned=True)
+                           "--run-dir", f"{work}/{batching}-s{{seed}}"] for chunk in chunks], cores, work, cache,
+                           pinned=True)
             rows.append((f"{len(chunks)} processes with --seeds ({batching}), each on its own core", args.seeds, wall))
     print(f"{args.algo}, {args.steps} updates per seed, {args.dataset}; {cpu_name()}, {cores} cores. Several "
           "processes at a time run with a sweep's XLA flags, and pinned ones also each on its own core, as a "
-          "sweep's workers keep their runs (a sweep groups a method's seeds as the --seeds rows do)\n")
+          "sweep's workers keep their runs (a sweep groups a method's seeds as the --seeds rows do); compiled programs "
+          f"{'shared by all processes' if args.compilation_cache else 'compiled by each process'}\n")
     print("| how | seeds | wall s | updates/s (all seeds) | time vs pinned processes |\n|---|---|---|---|---|")
     for how, count, wall in rows:
         ratio = f"{wall / separate:.2f}x" if count == args.seeds else "—"
@@ -91,7 +103,7 @@ def main() -> None:
     if args.out:
         rows_json = [dict(how=h, seeds=c, seconds=w) for h, c, w in rows]
         summary = {"cpu": cpu_name(), "algo": args.algo, "steps": args.steps, "dataset": args.dataset, "cores": cores,
-                   "rows": rows_json}
+                   "compilation_cache": args.compilation_cache, "rows": rows_json}
         Path(args.out).write_text(json.dumps(summary, indent=1) + "\n")
 
 
