@@ -69,7 +69,8 @@ def compilation_cache_dir() -> Path | None:
 
 def use_compilation_cache() -> Path | None:
     """Keep compiled XLA programs on disk, so that a run whose programs some earlier run compiled skips compiling
-    (seeds 1-4 of ``ipdrl run --seeds 0 1 2 3 4``, every run of a sweep after the first of its shapes, a rerun).
+    (the seeds of ``ipdrl run --seeds 0 1 2 3 4`` after the first two, which start together; a sweep's runs after
+    the first of each shape; every rerun).
     A cached program gives the same bits as compiling it again (tests/test_core.py checks). Call before the first
     jitted call; JAX's own ``$JAX_COMPILATION_CACHE_DIR``, when set, is left to JAX. Returns the folder in use."""
     import jax
