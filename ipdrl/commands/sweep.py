@@ -30,7 +30,8 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--flags", default="", help="(without a file) `ipdrl train` flags for every run, quoted")
     parser.add_argument("--scheduler", help="tcp://HOST:PORT of a running Dask scheduler; default: a local cluster "
                                             "on 127.0.0.1, one worker per core")
-    parser.add_argument("--workers", type=int, help="workers of the local cluster (default: one per core)")
+    parser.add_argument("--workers", type=int, help="workers of the local cluster (default: one per core); with "
+                        "--scheduler and --dry-run, the cluster's, to list the runs as it will group them")
     parser.add_argument("--pin-cores", action="store_true",
                         help="keep each local worker and its runs on its own share of the cores: faster with every "
                              "worker busy, but runs then differ in the last bits from the same runs unpinned "
@@ -133,5 +134,8 @@ def dry_run(sweep: sweeps.Sweep, args: argparse.Namespace) -> None:
         if not task.done() or (task in stale and args.stale == "retrain"):
             todo.append(task)
     workers = args.workers or (1 if args.scheduler else usable_cores())
+    if args.scheduler and not args.workers:
+        # A dry run does not connect, so it does not know how many workers the cluster has.
+        print("(runs to run grouped as for one worker; --workers N groups them as for a cluster of N)")
     for job in sweeps.jobs(sweep, todo, workers):
         print(f"to run  {shlex.join(job.command)}")
