@@ -6,7 +6,9 @@ its own core, as a sweep's worker keeps its runs), wall clock from start to resu
                                [--out FILE.json]
 
 Every process compiles its own programs, unless ``--compilation-cache``: then all share one new folder of compiled
-programs (ipdrl/host.py), which the first row fills, as the runs of a sweep or of ``ipdrl run --seeds`` share theirs.
+programs (ipdrl/host.py), as the runs of a sweep or of ``ipdrl run --seeds`` share theirs. A process loads a
+program that an earlier one with the same XLA flags and usable cores compiled (within a row: every process after the
+first wave).
 
 Prints a table (total updates/s of all seeds, and the time against separate processes) and writes JSON. Run it on an
 otherwise idle machine.

@@ -2,10 +2,7 @@
 
 from __future__ import annotations
 
-import atexit
 import os
-import shutil
-import tempfile
 from pathlib import Path
 
 import h5py
@@ -15,17 +12,19 @@ import pytest
 from ipdrl.data.dataset import Dataset
 from ipdrl.host import COMPILATION_CACHE_ENV, use_compilation_cache
 
-# Compiled programs are shared by the session's tests (and the subprocesses they start), not kept after it, unless
-# $IPDRL_COMPILATION_CACHE names a folder.
-if COMPILATION_CACHE_ENV not in os.environ:
-    os.environ[COMPILATION_CACHE_ENV] = tempfile.mkdtemp(prefix="ipdrl-test-xla-")
-    atexit.register(shutil.rmtree, os.environ[COMPILATION_CACHE_ENV], True)
-use_compilation_cache()
-
 REPO = Path(__file__).resolve().parents[1]
 SHARED = Path(os.environ.get("IPDRL_SHARED", REPO.parent / "shared"))
 DATASETS = SHARED / "datasets"
 FIXTURES = SHARED / "fixtures"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def compilation_cache(tmp_path_factory):
+    """Compiled programs are shared by the session's tests and the subprocesses they start, in pytest's temporary
+    folder rather than the user's cache (unless $IPDRL_COMPILATION_CACHE or $JAX_COMPILATION_CACHE_DIR names one)."""
+    if COMPILATION_CACHE_ENV not in os.environ and "JAX_COMPILATION_CACHE_DIR" not in os.environ:
+        os.environ[COMPILATION_CACHE_ENV] = str(tmp_path_factory.mktemp("xla"))
+    return use_compilation_cache()
 
 
 def shared_dataset_path(name: str) -> Path:

@@ -115,6 +115,10 @@ def test_the_seeds_and_datasets_flags_narrow_a_methods_own_lists_and_never_widen
     assert sorted(runs) == ["bc-own/other-s1", "bc/other-s1", "bc/other-s3"]
 
 
+def to_run(out: str) -> int:
+    """How many processes a dry run lists to run."""
+    return sum(line.startswith("to run ") for line in out.splitlines())
+
 
 def test_a_dry_run_for_a_cluster_groups_seeds_as_for_the_workers_it_is_told(tmp_path, capsys):
     # A dry run does not connect to --scheduler, so it cannot ask the cluster how many workers it has.
@@ -123,11 +127,11 @@ def test_a_dry_run_for_a_cluster_groups_seeds_as_for_the_workers_it_is_told(tmp_
     file.write_text('name = "s"\ndatasets = ["embedded"]\nseeds = [0, 1, 2, 3]\n[[methods]]\nname = "bc"\nalgo = "bc"\n')
     flags = [str(file), "--out", str(tmp_path / "out"), "--dry-run", "--scheduler", "tcp://127.0.0.1:1"]
     assert sweep_main(flags) == 0
-    processes = lambda out: sum(line.startswith("to run ") for line in out.splitlines())  # noqa: E731
     alone = capsys.readouterr().out
-    assert "--workers N groups them" in alone and processes(alone) == 1  # one process trains the 4 seeds
+    assert "--workers N groups them" in alone and to_run(alone) == 1  # one process trains the 4 seeds
     assert sweep_main([*flags, "--workers", "2"]) == 0
-    assert processes(capsys.readouterr().out) == 2
+    assert to_run(capsys.readouterr().out) == 2
+
 
 SWEEP = """
 name = "tiny"
@@ -358,7 +362,7 @@ def test_a_finished_run_whose_preset_changed_is_named_and_retrained_only_when_as
     assert f"{first.run_dir}: steps {steps} -> {steps + 1}" in refused and "--retrain-stale" in refused
     assert not (tmp_path / "docs" / "t.json").exists()
     assert sweep_main([str(file), *flags, "--dry-run", "--retrain-stale"]) == 0
-    assert capsys.readouterr().out.count("\nto run ") == 2
+    assert capsys.readouterr().out.count("to run ") == 2
     assert sweep_main([str(file), *flags, "--report-only", "--keep-stale"]) == 0
     assert len(json.loads((tmp_path / "docs" / "t.json").read_text())["runs"]) == 2
 

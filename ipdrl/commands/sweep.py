@@ -136,6 +136,6 @@ def dry_run(sweep: sweeps.Sweep, args: argparse.Namespace) -> None:
     workers = args.workers or (1 if args.scheduler else usable_cores())
     if args.scheduler and not args.workers:
         # A dry run does not connect, so it does not know how many workers the cluster has.
-        print("(runs to run grouped as for one worker; --workers N groups them as for a cluster of N)")
+        print("(grouped as for one worker: --workers N groups them as for a cluster of N)")
     for job in sweeps.jobs(sweep, todo, workers):
         print(f"to run  {shlex.join(job.command)}")
