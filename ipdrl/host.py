@@ -45,7 +45,8 @@ def host() -> dict[str, Any]:
 
     return {"cpu": cpu_name(), "cores": usable_cores(), "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "jax": jax.__version__, "backend": jax.default_backend(),
-            "compilation_cache": jax.config.jax_compilation_cache_dir}  # train_seconds includes compiling, or not
+            # where compiled programs were looked up: train_seconds leaves out compiling what was found there
+            "compilation_cache": jax.config.jax_compilation_cache_dir}
 
 
 COMPILATION_CACHE_ENV = "IPDRL_COMPILATION_CACHE"
