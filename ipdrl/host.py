@@ -4,6 +4,7 @@ programs are kept."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import logging
 import os
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 
+@functools.cache  # read once: cpu_name and the compiled-program folder both need it
 def _cpuinfo() -> dict[str, str]:
     """The first CPU's fields in ``/proc/cpuinfo`` (none where there is no such file)."""
     fields: dict[str, str] = {}
