@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import hashlib
 import json
 import logging
 import os
@@ -62,6 +63,7 @@ from distributed.diagnostics.plugin import WorkerPlugin
 from ipdrl.config import require
 from ipdrl.data.loading import dataset_label
 from ipdrl.host import usable_cores
+from ipdrl.storage import atomic_write_json
 
 log = logging.getLogger("ipdrl")
 
@@ -161,6 +163,8 @@ class Task:
     """Runs holding the same lock run one at a time (IPD runs sharing a stage cache)."""
     after: str | None = None
     """The method whose task (same dataset and seed) must finish first."""
+    after_dir: str | None = None
+    """That task's run directory."""
 
     @property
     def label(self) -> str:
@@ -216,24 +220,67 @@ STALE_CHOICES = ("refuse", "retrain", "keep")
 
 def stale_runs(sweep: Sweep) -> dict[Task, str]:
     """The started runs whose settings are not what their command gives now, each with what changed; a run that
-    comes after another (DWM-MPC on its ReBRAC base) is stale too when that one is, or finished after it."""
+    comes after another (DWM-MPC on its ReBRAC base) is stale too when that one is, or when that one was trained
+    again since it started (:func:`base_retrained`)."""
     found: dict[Task, str] = {}
-    every = tasks(sweep)
-    by_key = {task.key: task for task in every}
-    for task in every:
+    by_key = {task.key: task for task in tasks(sweep)}
+    for task in by_key.values():
         changed = task.changed_settings()
         if changed:
             found[task] = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
         elif task.after is not None and Path(task.run_dir, "config.json").exists():
-            before = by_key.get(task.after_key)
-            # its checkpoint, not its results.json, which `ipdrl eval --save` rewrites without training
-            trained = Path(_run_dir(sweep, task.after, task.dataset, task.seed), "checkpoint.msgpack")
-            if before in found:
-                found[task] = f"it comes after {before.run_dir}, which is stale"
-            elif task.done() and trained.exists() and trained.stat().st_mtime > \
-                    Path(task.run_dir, "results.json").stat().st_mtime:
-                found[task] = f"{trained} was written after it: its {task.after} run was trained again"
+            if by_key.get(task.after_key) in found:
+                found[task] = f"it comes after {task.after_dir}, which is stale"
+            elif why := base_retrained(task):
+                found[task] = why
     return found
+
+
+BASE_RECORD = "base.json"
+"""What a run that comes after another started from: that run's directory and its checkpoint's SHA-256."""
+
+
+def checkpoint_digest(run_dir: str | Path) -> str | None:
+    """SHA-256 of a run's checkpoint (not of its results.json, which `ipdrl eval --save` rewrites without training);
+    None where it has none."""
+    try:
+        with open(Path(run_dir, "checkpoint.msgpack"), "rb") as file:
+            return hashlib.file_digest(file, "sha256").hexdigest()
+    except FileNotFoundError:
+        return None
+
+
+def record_base(task: Task) -> None:
+    """Before ``task`` first trains: which checkpoint of its base it starts from (:data:`BASE_RECORD`). A run started
+    before runs recorded it (a config.json, no record) is left without one rather than given today's."""
+    record = Path(task.run_dir, BASE_RECORD)
+    if task.after_dir is not None and not record.exists() and not Path(task.run_dir, "config.json").exists():
+        atomic_write_json(record, {"run_dir": task.after_dir, "checkpoint_sha256": checkpoint_digest(task.after_dir)})
+
+
+def base_digest(task: Task) -> str | None:
+    """The base checkpoint's SHA-256 that ``task``'s run recorded when it started; None where it recorded none."""
+    try:
+        return json.loads(Path(task.run_dir, BASE_RECORD).read_text()).get("checkpoint_sha256")
+    except (OSError, ValueError):
+        return None
+
+
+def base_retrained(task: Task) -> str | None:
+    """Why ``task``'s base was trained again since it started, or None: its checkpoint is not the one the run
+    recorded. A run from before runs recorded it (no :data:`BASE_RECORD`) is judged by file times, its base's
+    checkpoint written after its results; contents are compared where recorded, because a clone or a copy gives every
+    file a new time."""
+    trained = Path(task.after_dir, "checkpoint.msgpack")
+    if not trained.exists():
+        return None
+    recorded = base_digest(task)
+    if recorded is not None:
+        return None if checkpoint_digest(task.after_dir) == recorded else \
+            f"{trained} is not the checkpoint it started from: its {task.after} run was trained again"
+    if task.done() and trained.stat().st_mtime > Path(task.run_dir, "results.json").stat().st_mtime:
+        return f"{trained} was written after it: its {task.after} run was trained again"
+    return None
 
 
 def handle_stale(sweep: Sweep, policy: str = "refuse") -> list[Path]:
@@ -302,8 +349,10 @@ def tasks(sweep: Sweep) -> list[Task]:
                     command = [*method.program, "--algo", method.algo, "--budget", budget, "--dataset", dataset,
                                "--seed", str(seed), "--run-dir", run_dir]
                 lock = f"ipdrl-cache:{out}:{dataset}:{seed}" if method.algo == "ipd" else None
+                after_dir = _run_dir(sweep, method.after, dataset, seed) if method.after else None
                 found.append(Task(method.name, method.algo, dataset, seed, budget, run_dir,
-                                  tuple(command + _flags(sweep, method, dataset, seed)), lock, method.after))
+                                  tuple(command + _flags(sweep, method, dataset, seed)), lock, method.after,
+                                  after_dir))
     return found
 
 
@@ -428,6 +477,7 @@ def run_job(job: Job, env: dict[str, str] | None = None, after: Any = None) -> l
         log_path = Path(job.runs[0].run_dir) / "sweep.log"
         for task in job.runs:
             Path(task.run_dir).mkdir(parents=True, exist_ok=True)
+            record_base(task)
             if task is not job.runs[0]:
                 with open(Path(task.run_dir) / "sweep.log", "a") as note:
                     note.write(f"\n$ {' '.join(job.command)}\n(trained with other seeds; output in {log_path})\n")
@@ -511,6 +561,7 @@ def run_row(task: Task) -> dict[str, Any]:
         "run_dir": task.run_dir,
         # so that a table finished on another machine can still check this row's settings (`--keep-missing`)
         "settings": json.loads(config.read_text()) if (config := Path(task.run_dir, "config.json")).exists() else None,
+        "base_checkpoint_sha256": base_digest(task),  # which base it came after, for `--keep-missing`
     }
 
 
@@ -569,7 +620,7 @@ def run(sweep: Sweep, scheduler: str | None = None, workers: int | None = None, 
     todo = [task for task in tasks(sweep) if not task.done()]
     submitting = {task.key for task in todo}
     for task in todo:  # a run whose base is left out of this sweep (--methods) needs that base finished
-        base = Path(_run_dir(sweep, task.after, task.dataset, task.seed)) if task.after else None
+        base = Path(task.after_dir) if task.after else None
         require(base is None or task.after_key in submitting or (base / "results.json").exists(),
                 f"sweep {sweep.name}: {task.method} on {task.dataset} seed {task.seed} comes after {task.after}, "
                 f"whose run {base} has not finished and is not part of this sweep. Add {task.after} to --methods, "

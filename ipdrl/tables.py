@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 from ipdrl import statistics
 from ipdrl.data.loading import dataset_label
 from ipdrl.storage import atomic_write_bytes, atomic_write_json
-from ipdrl.sweeps import Sweep, tasks
+from ipdrl.sweeps import Sweep, checkpoint_digest, tasks
 
 
 def scores_by(rows: Iterable[dict[str, Any]], method: str, seeds: Sequence[int] | None = None
@@ -154,7 +154,8 @@ def with_carried_rows(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
     not finished here (finished on another machine), marked ``carried``, in the sweep's order. Each carried
     row is checked first: a row at another budget, one whose saved settings differ from what its command gives now
     (a row written before tables kept ``settings`` is checked by its budget and its number of updates alone), or one
-    that comes after a run trained here instead of with it (IPD after its IQL), is a ValueError naming it."""
+    that comes after a run trained here instead of with it (IPD after its IQL; a base kept in git or copied here is
+    the same run when its checkpoint is the one the row recorded), is a ValueError naming it."""
     table = Path(docs) / f"{sweep.name}.json"
     if not table.exists():
         return rows
@@ -172,7 +173,7 @@ def with_carried_rows(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
             why = ", ".join(f"{name} {old!r} -> {new!r}" for name, (old, new) in changed.items())
         elif not row.get("settings") and (steps := _steps_now(task)) not in (None, row.get("steps", steps)):
             why = f"steps {row['steps']!r} -> {steps!r}"
-        elif task.after is not None and task.after_key not in absent:
+        elif task.after is not None and task.after_key not in absent and not _same_base(row, task):
             why = f"it comes after the {task.after} run of its seed, which was trained here, not with it"
         else:
             carried.append({**row, "carried": True})
@@ -184,6 +185,12 @@ def with_carried_rows(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
                          f"--report-only), or pass --overwrite without --keep-missing to leave out every run not here.")
     order = {task.key: i for i, task in enumerate(every)}
     return sorted(rows + carried, key=lambda row: order[_key(row)])
+
+
+def _same_base(row: dict[str, Any], task) -> bool:
+    """Whether the row came after the very checkpoint its base run here holds (a base kept in git or copied here)."""
+    recorded = row.get("base_checkpoint_sha256")
+    return recorded is not None and recorded == checkpoint_digest(task.after_dir)
 
 
 def _steps_now(task) -> int | None:

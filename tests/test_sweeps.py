@@ -386,6 +386,54 @@ def test_a_finished_run_whose_preset_changed_is_named_and_retrained_only_when_as
     assert sweeps.stale_runs(sweep) == {}
 
 
+def test_a_run_after_another_records_the_checkpoint_it_started_from_so_a_copied_sweep_is_judged_by_contents(
+        tmp_path, capsys):
+    """Run directories kept in git or copied to another machine get new file times, so the base of a run (IPD's IQL)
+    can look newer than the run after it. The run records its base checkpoint's SHA-256 when it starts: a copy is
+    not stale, a base trained again is, and a table's carried row is kept only after the same base."""
+    from ipdrl.commands.sweep import main as sweep_main
+    from ipdrl.pipelines import config_dict, parse_train_args
+
+    file = tmp_path / "t.toml"
+    file.write_text('name = "t"\ndatasets = ["embedded"]\nseeds = [0]\n[[methods]]\nname = "bc"\nalgo = "bc"\n'
+                    '[[methods]]\nname = "bc-after"\nalgo = "bc"\nafter = "bc"\nflags = ["--steps", "50"]\n')
+    sweep = sweeps.load(file)
+    sweep.out = str(tmp_path / "here")
+    base, after = sweeps.tasks(sweep)
+
+    def config(task):
+        return json.dumps(config_dict("bc", parse_train_args(list(task.command[len(sweeps.IPDRL_TRAIN):])).config))
+
+    Path(base.run_dir).mkdir(parents=True)
+    Path(base.run_dir, "config.json").write_text(config(base))
+    Path(base.run_dir, "checkpoint.msgpack").write_bytes(b"trained once")
+    Path(base.run_dir, "results.json").write_text(json.dumps({"normalized_mean": 1.0, "normalized_scores": [1.0]}))
+    trains = ("import json, pathlib; run = pathlib.Path(%r); (run / 'config.json').write_text(%r); "
+              "(run / 'results.json').write_text(json.dumps({'normalized_mean': 2.0, 'normalized_scores': [2.0]}))"
+              % (after.run_dir, config(after)))
+    [row] = sweeps.run_job(sweeps.Job((after,), (sys.executable, "-c", trains)))
+    assert row["base_checkpoint_sha256"] == sweeps.checkpoint_digest(base.run_dir) is not None
+
+    sweep.out = str(tmp_path / "copy")  # a fresh clone: the base's checkpoint is now the newest file of all
+    shutil.copytree(tmp_path / "here", sweep.out)
+    base, after = sweeps.tasks(sweep)
+    os.utime(Path(after.run_dir, "results.json"), (1, 1))
+    assert sweeps.stale_runs(sweep) == {}
+    flags = ["--out", sweep.out, "--docs", str(tmp_path / "docs"), "--report-only"]
+    assert sweep_main([str(file), *flags]) == 0
+    shutil.rmtree(after.run_dir)  # its row is only in the table now, its base is here
+    assert sweep_main([str(file), *flags, "--keep-missing"]) == 0
+    assert [r.get("carried", False) for r in json.loads((tmp_path / "docs" / "t.json").read_text())["runs"]] == [
+        False, True]
+
+    Path(base.run_dir, "checkpoint.msgpack").write_bytes(b"trained again")
+    assert sweep_main([str(file), *flags, "--keep-missing"]) == 1
+    assert "it comes after the bc run of its seed, which was trained here" in capsys.readouterr().err
+    shutil.copytree(tmp_path / "here" / "bc-after", Path(sweep.out) / "bc-after", dirs_exist_ok=True)
+    assert sweeps.stale_runs(sweep) == {after: f"{base.run_dir}/checkpoint.msgpack is not the checkpoint it "
+                                                f"started from: its bc run was trained again"}
+
+
 def test_a_table_finished_on_another_machine_keeps_the_rows_whose_runs_are_not_here_once_checked(
         tmp_path, monkeypatch, capsys):
     """Run directories do not travel between machines, tables do: seed 1 trained here joins seed 0's rows from the
