@@ -237,48 +237,59 @@ def stale_runs(sweep: Sweep) -> dict[Task, str]:
 
 
 BASE_RECORD = "base.json"
-"""What a run that comes after another started from: that run's directory and its checkpoint's SHA-256."""
+"""What a run that comes after another started from: that run's directory and its weights' SHA-256."""
 
 
-def checkpoint_digest(run_dir: str | Path) -> str | None:
-    """SHA-256 of a run's checkpoint (not of its results.json, which `ipdrl eval --save` rewrites without training);
-    None where it has none."""
+def weights_digest(run_dir: str | Path) -> str | None:
+    """SHA-256 over a run's trained weights, its ``*.msgpack`` files by name and content (``checkpoint.msgpack``;
+    DWM-MPC's model files). Not results.json, which ``ipdrl eval --save`` rewrites without training. None where there
+    are none."""
+    digest, files = hashlib.sha256(), sorted(Path(run_dir).glob("*.msgpack"))
     try:
-        with open(Path(run_dir, "checkpoint.msgpack"), "rb") as file:
-            return hashlib.file_digest(file, "sha256").hexdigest()
-    except FileNotFoundError:
-        return None
+        for file in files:
+            digest.update(file.name.encode() + b"\0" + file.read_bytes())
+    except OSError as error:
+        raise ValueError(f"cannot read {error.filename} ({error.strerror}), which a sweep compares to tell whether "
+                         f"a run was trained again: make it readable.") from None
+    return digest.hexdigest() if files else None
 
 
 def record_base(task: Task) -> None:
-    """Before ``task`` first trains: which checkpoint of its base it starts from (:data:`BASE_RECORD`). A run started
-    before runs recorded it (a config.json, no record) is left without one rather than given today's."""
-    record = Path(task.run_dir, BASE_RECORD)
-    if task.after_dir is not None and not record.exists() and not Path(task.run_dir, "config.json").exists():
-        atomic_write_json(record, {"run_dir": task.after_dir, "checkpoint_sha256": checkpoint_digest(task.after_dir)})
+    """Before ``task`` trains: which weights of its base it starts from (:data:`BASE_RECORD`). Rewritten until the
+    run has trained (a start that failed before writing its config.json trained nothing); a run started before
+    runs recorded it (a config.json, no record) is left without one rather than given today's."""
+    if task.after_dir is not None and not Path(task.run_dir, "config.json").exists():
+        atomic_write_json(Path(task.run_dir, BASE_RECORD),
+                          {"run_dir": task.after_dir, "weights_sha256": weights_digest(task.after_dir)})
 
 
-def base_digest(task: Task) -> str | None:
-    """The base checkpoint's SHA-256 that ``task``'s run recorded when it started; None where it recorded none."""
+def base_record(task: Task) -> dict[str, Any] | None:
+    """``task``'s :data:`BASE_RECORD`, or None where it has none."""
+    path = Path(task.run_dir, BASE_RECORD)
     try:
-        return json.loads(Path(task.run_dir, BASE_RECORD).read_text()).get("checkpoint_sha256")
-    except (OSError, ValueError):
+        record = json.loads(path.read_text())
+    except FileNotFoundError:
         return None
+    except (OSError, ValueError) as error:
+        record = error
+    if not isinstance(record, dict) or "weights_sha256" not in record:
+        raise ValueError(f"{path} is not a base record written by `ipdrl sweep` ({record}): delete it, and the run "
+                         f"is judged by file times, as runs from before the record are.")
+    return record
 
 
 def base_retrained(task: Task) -> str | None:
-    """Why ``task``'s base was trained again since it started, or None: its checkpoint is not the one the run
-    recorded. A run from before runs recorded it (no :data:`BASE_RECORD`) is judged by file times, its base's
-    checkpoint written after its results; contents are compared where recorded, because a clone or a copy gives every
-    file a new time."""
+    """Why ``task``'s base was trained again since the run started, or None. Its weights are compared with the
+    record, because a clone or a copy gives every file a new time; a run from before the record is judged by file
+    times (its base's checkpoint written after its results)."""
+    record = base_record(task)
+    if record is not None:
+        now = weights_digest(task.after_dir)
+        return None if now is None or now == record["weights_sha256"] else \
+            f"{task.after_dir} holds other weights than it started from: its {task.after} run was trained again"
     trained = Path(task.after_dir, "checkpoint.msgpack")
-    if not trained.exists():
-        return None
-    recorded = base_digest(task)
-    if recorded is not None:
-        return None if checkpoint_digest(task.after_dir) == recorded else \
-            f"{trained} is not the checkpoint it started from: its {task.after} run was trained again"
-    if task.done() and trained.stat().st_mtime > Path(task.run_dir, "results.json").stat().st_mtime:
+    if task.done() and trained.exists() and trained.stat().st_mtime > \
+            Path(task.run_dir, "results.json").stat().st_mtime:
         return f"{trained} was written after it: its {task.after} run was trained again"
     return None
 
@@ -561,7 +572,7 @@ def run_row(task: Task) -> dict[str, Any]:
         "run_dir": task.run_dir,
         # so that a table finished on another machine can still check this row's settings (`--keep-missing`)
         "settings": json.loads(config.read_text()) if (config := Path(task.run_dir, "config.json")).exists() else None,
-        "base_checkpoint_sha256": base_digest(task),  # which base it came after, for `--keep-missing`
+        "base_weights_sha256": (base_record(task) or {}).get("weights_sha256"),  # for `--keep-missing`
     }
 
 

@@ -13,7 +13,7 @@ from typing import Any, Iterable, Sequence
 from ipdrl import statistics
 from ipdrl.data.loading import dataset_label
 from ipdrl.storage import atomic_write_bytes, atomic_write_json
-from ipdrl.sweeps import Sweep, checkpoint_digest, tasks
+from ipdrl.sweeps import Sweep, tasks, weights_digest
 
 
 def scores_by(rows: Iterable[dict[str, Any]], method: str, seeds: Sequence[int] | None = None
@@ -155,7 +155,7 @@ def with_carried_rows(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
     row is checked first: a row at another budget, one whose saved settings differ from what its command gives now
     (a row written before tables kept ``settings`` is checked by its budget and its number of updates alone), or one
     that comes after a run trained here instead of with it (IPD after its IQL; a base kept in git or copied here is
-    the same run when its checkpoint is the one the row recorded), is a ValueError naming it."""
+    the same run when its weights are those the row recorded), is a ValueError naming it."""
     table = Path(docs) / f"{sweep.name}.json"
     if not table.exists():
         return rows
@@ -188,9 +188,9 @@ def with_carried_rows(sweep: Sweep, rows: list[dict[str, Any]], docs: str | Path
 
 
 def _same_base(row: dict[str, Any], task) -> bool:
-    """Whether the row came after the very checkpoint its base run here holds (a base kept in git or copied here)."""
-    recorded = row.get("base_checkpoint_sha256")
-    return recorded is not None and recorded == checkpoint_digest(task.after_dir)
+    """Whether the row came after the very weights its base run here holds (a base kept in git or copied here)."""
+    recorded = row.get("base_weights_sha256")
+    return recorded is not None and recorded == weights_digest(task.after_dir)
 
 
 def _steps_now(task) -> int | None:

@@ -346,6 +346,8 @@ def test_a_finished_run_whose_preset_changed_is_named_and_retrained_only_when_as
         (Path(task.run_dir) / "config.json").write_text(json.dumps(config_dict("bc", parsed.config)))
         (Path(task.run_dir) / "results.json").write_text(json.dumps({"normalized_mean": None}))
     assert sweeps.stale_runs(sweep) == {} and sweeps.handle_stale(sweep) == []
+    sweeps.record_base(second)  # started before runs recorded their base: not given today's, judged by file times
+    assert not Path(second.run_dir, "base.json").exists()
 
     steps = get_algorithm("bc").budgets["cpu"]["steps"]
     monkeypatch.setitem(get_algorithm("bc").budgets["cpu"], "steps", steps + 1)
@@ -411,8 +413,16 @@ def test_a_run_after_another_records_the_checkpoint_it_started_from_so_a_copied_
     trains = ("import json, pathlib; run = pathlib.Path(%r); (run / 'config.json').write_text(%r); "
               "(run / 'results.json').write_text(json.dumps({'normalized_mean': 2.0, 'normalized_scores': [2.0]}))"
               % (after.run_dir, config(after)))
+    with pytest.raises(RuntimeError):  # a start that fails before training: its record must not outlive it
+        sweeps.run_job(sweeps.Job((after,), (sys.executable, "-c", "raise SystemExit(1)")))
+    Path(base.run_dir, "checkpoint.msgpack").write_bytes(b"trained twice")
     [row] = sweeps.run_job(sweeps.Job((after,), (sys.executable, "-c", trains)))
-    assert row["base_checkpoint_sha256"] == sweeps.checkpoint_digest(base.run_dir) is not None
+    assert row["base_weights_sha256"] == sweeps.weights_digest(base.run_dir) is not None
+    sweeps.record_base(after)  # it has trained: its record stays what it started from
+    Path(base.run_dir, "model.msgpack").write_bytes(b"DWM-MPC's models are weights too")
+    assert sweeps.weights_digest(base.run_dir) != row["base_weights_sha256"]
+    assert json.loads(Path(after.run_dir, "base.json").read_text())["weights_sha256"] == row["base_weights_sha256"]
+    Path(base.run_dir, "model.msgpack").unlink()
 
     sweep.out = str(tmp_path / "copy")  # a fresh clone: the base's checkpoint is now the newest file of all
     shutil.copytree(tmp_path / "here", sweep.out)
@@ -430,8 +440,11 @@ def test_a_run_after_another_records_the_checkpoint_it_started_from_so_a_copied_
     assert sweep_main([str(file), *flags, "--keep-missing"]) == 1
     assert "it comes after the bc run of its seed, which was trained here" in capsys.readouterr().err
     shutil.copytree(tmp_path / "here" / "bc-after", Path(sweep.out) / "bc-after", dirs_exist_ok=True)
-    assert sweeps.stale_runs(sweep) == {after: f"{base.run_dir}/checkpoint.msgpack is not the checkpoint it "
-                                                f"started from: its bc run was trained again"}
+    assert sweeps.stale_runs(sweep) == {
+        after: f"{base.run_dir} holds other weights than it started from: its bc run was trained again"}
+    Path(after.run_dir, "base.json").write_text("[]")
+    with pytest.raises(ValueError, match="base.json is not a base record written by `ipdrl sweep`"):
+        sweeps.stale_runs(sweep)
 
 
 def test_a_table_finished_on_another_machine_keeps_the_rows_whose_runs_are_not_here_once_checked(
