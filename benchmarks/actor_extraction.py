@@ -108,12 +108,14 @@ def combine(paths: list[str], docs: str | None) -> None:
             scores[actor].append(by_actor[actor])
     dataset, seeds = runs[0]["dataset"], [run["seed"] for run in runs]
     reference = {dataset: scores[actors[0]]}
+    steps = " ".join(str(n) for n in sorted({actor[1] for actor in actors[1:]}))
+    variants = " ".join(dict.fromkeys(actor[0] for actor in actors[1:]))
     lines = [f"# Extraction from a frozen IQL critic ({dataset})", "",
-             f"`python benchmarks/actor_extraction.py --combine {' '.join(paths)}`; each seed's file from "
-             f"`python benchmarks/actor_extraction.py IQL_RUN --steps ... --json FILE` on the IQL runs "
-             f"{', '.join(run['iql_run'] for run in runs)}. Scores: {runs[0]['reference_table']} reference table, the "
-             "final actor, the IQL run's own evaluation episodes. Differences are paired by seed with the IQL run's "
-             "own actor: mean, 95% bootstrap and Student's t intervals.", "",
+             f"`{shlex.join(['python', *sys.argv])}`, over each seed's `IPDRL_DATASETS=../shared/datasets python benchmarks/actor_extraction.py "
+             f"IQL_RUN --steps {steps} --variants {variants} --json FILE`. IQL runs: "
+             f"{', '.join(run['iql_run'] for run in runs)}. Scores: final actors, normalised with the "
+             f"{runs[0]['reference_table']}, on the IQL run's own evaluation episodes. Differences are paired by seed "
+             "with the IQL run's own actor: mean, 95% bootstrap and Student's t intervals.", "",
              "| actor | updates | " + " | ".join(f"s{seed}" for seed in seeds) + " | mean [95% CI] | IQM | − IQL's actor "
              "[bootstrap] [t] |", "|---|---|" + "---|" * len(seeds) + "---|---|---|"]
     rows = []
