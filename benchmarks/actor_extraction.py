@@ -103,7 +103,8 @@ def combine(paths: list[str], docs: str | None) -> None:
         by_actor = {actor_key(row): row["normalized_mean"] for row in run["rows"]}
         missing = [actor for actor in actors if actor not in by_actor]
         if missing:
-            raise SystemExit(f"seed {run['seed']} lacks {missing}: run every seed with the same --steps and --variants.")
+            raise SystemExit(f"seed {run['seed']} lacks {missing}: "
+                             "run every seed with the same --steps and --variants.")
         for actor in actors:
             scores[actor].append(by_actor[actor])
     dataset, seeds = runs[0]["dataset"], [run["seed"] for run in runs]
@@ -111,13 +112,14 @@ def combine(paths: list[str], docs: str | None) -> None:
     steps = " ".join(str(n) for n in sorted({actor[1] for actor in actors[1:]}))
     variants = " ".join(dict.fromkeys(actor[0] for actor in actors[1:]))
     lines = [f"# Extraction from a frozen IQL critic ({dataset})", "",
-             f"`{shlex.join(['python', *sys.argv])}`, over each seed's `IPDRL_DATASETS=../shared/datasets python benchmarks/actor_extraction.py "
-             f"IQL_RUN --steps {steps} --variants {variants} --json FILE`. IQL runs: "
-             f"{', '.join(run['iql_run'] for run in runs)}. Scores: final actors, normalised with the "
+             f"`{shlex.join(['python', *sys.argv])}`, over each seed's `IPDRL_DATASETS=../shared/datasets "
+             f"python benchmarks/actor_extraction.py IQL_RUN --steps {steps} --variants {variants} --json FILE`. "
+             f"IQL runs: {', '.join(run['iql_run'] for run in runs)}. Scores: final actors, normalised with the "
              f"{runs[0]['reference_table']}, on the IQL run's own evaluation episodes. Differences are paired by seed "
              "with the IQL run's own actor: mean, 95% bootstrap and Student's t intervals.", "",
-             "| actor | updates | " + " | ".join(f"s{seed}" for seed in seeds) + " | mean [95% CI] | IQM | − IQL's actor "
-             "[bootstrap] [t] |", "|---|---|" + "---|" * len(seeds) + "---|---|---|"]
+             "| actor | updates | " + " | ".join(f"s{seed}" for seed in seeds) +
+             " | mean [95% CI] | IQM | − IQL's actor [bootstrap] [t] |",
+             "|---|---|" + "---|" * len(seeds) + "---|---|---|"]
     rows = []
     for actor in actors:
         values = {dataset: scores[actor]}
@@ -175,8 +177,8 @@ def main() -> None:
     rows.append({"variant": IQL_ACTOR, "steps": info["steps"],
                  "normalized_mean": reference["normalized_mean"], "normalized_std": reference["normalized_std"]})
     print(f"{dataset.name}, IQL run {args.iql_run} ({info['steps']} updates, seed {config.seed}): "
-          f"weights median {float(jnp.median(weights)):.3f}, {float((weights >= config.max_weight).mean()):.1%} at the cap",
-          flush=True)
+          f"weights median {float(jnp.median(weights)):.3f}, "
+          f"{float((weights >= config.max_weight).mean()):.1%} at the cap", flush=True)
     for variant in args.variants:
         for steps in args.steps:
             started = time.perf_counter()
