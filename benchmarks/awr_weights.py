@@ -7,6 +7,10 @@ the data's own actions on a sample of transitions, and its effective sample size
 sample, and within random batches of as many actions as a stage-4 batch holds (batch x context length). A small
 effective size means the weighted imitation loss follows a few actions per batch. Other temperatures show how the
 spread depends on it.
+
+``--augmented DATASET.hdf5`` (an IPD stage-3 cache's ``dataset.hdf5``, D_aug made with that IQL run) splits the
+weights of D_aug's every action into real and imagined: how much of stage 4's weighted imitation the planner's
+actions take.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 
+import h5py
 import jax
 import numpy as np
 
@@ -32,6 +37,7 @@ def main() -> None:
     parser.add_argument("iql_run", help="a finished `ipdrl train --algo iql` run directory on that dataset")
     parser.add_argument("--transitions", type=int, default=200_000, help="sample size")
     parser.add_argument("--batch-actions", type=int, default=640, help="actions in one stage-4 batch (64 x K 10)")
+    parser.add_argument("--augmented", help="an IPD stage-3 cache's dataset.hdf5 made with this IQL run")
     parser.add_argument("--temperatures", type=float, nargs="*", default=[1.0, 3.0],
                         help="other temperatures to compare with the run's own")
     args = parser.parse_args()
@@ -40,8 +46,8 @@ def main() -> None:
     config, state, _ = ipd_stages.load_iql_run(args.iql_run, data)
     rows = np.random.default_rng(0).choice(len(data.observations), min(args.transitions, len(data.observations)),
                                            replace=False)
-    advantage = np.asarray(jax.jit(lambda obs, act: iql.q_value(config, state, obs, act) - iql.value(config, state, obs))(
-        data.observations[rows], data.actions[rows]))
+    advantage_of = jax.jit(lambda obs, act: iql.q_value(config, state, obs, act) - iql.value(config, state, obs))
+    advantage = np.asarray(advantage_of(data.observations[rows], data.actions[rows]))
     print(f"{data.name}: {len(rows)} transitions; advantage Q - V quantiles 1/10/50/90/99%: "
           f"{np.round(np.quantile(advantage, [0.01, 0.1, 0.5, 0.9, 0.99]), 3).tolist()}")
     print("| temperature | weight median | share at the cap | effective share | effective actions per batch |")
@@ -53,6 +59,22 @@ def main() -> None:
         own = " (the run's)" if temperature == config.temperature else ""
         print(f"| {temperature:g}{own} | {np.median(weights):.3f} | {(weights >= config.max_weight).mean():.1%} | "
               f"{effective_share(weights):.1%} | {per_batch:.0f} of {args.batch_actions} |")
+
+    if args.augmented:
+        with h5py.File(args.augmented, "r") as file:
+            if "infos/imagined" not in file:
+                raise SystemExit(f"{args.augmented} has no infos/imagined: pass a stage-3 cache's dataset.hdf5.")
+            imagined = file["infos/imagined"][:].astype(bool)
+            weights = np.asarray(iql.advantage_weight(config, advantage_of(file["observations"][:],
+                                                                           file["actions"][:])))
+        print(f"\nD_aug {args.augmented}, at the run's temperature {config.temperature:g}:")
+        print("| actions | count | share of actions | weight median | weight mean | share at the cap "
+              "| share of all weight |")
+        print("|---|---|---|---|---|---|---|")
+        for name, rows in (("real", ~imagined), ("imagined", imagined)):
+            print(f"| {name} | {rows.sum()} | {rows.mean():.1%} | {np.median(weights[rows]):.2f} | "
+                  f"{weights[rows].mean():.2f} | {(weights[rows] >= config.max_weight).mean():.1%} | "
+                  f"{weights[rows].sum() / weights.sum():.1%} |")
 
 
 if __name__ == "__main__":
