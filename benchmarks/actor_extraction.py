@@ -32,7 +32,6 @@ from pathlib import Path
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from ipdrl.algos import iql
 from ipdrl.algos.common import actor_policy_params, adam
@@ -124,11 +123,11 @@ def combine(paths: list[str], docs: str | None) -> None:
     for actor in actors:
         values = {dataset: scores[actor]}
         stats, difference = summary(values), paired_difference(values, reference)
-        steps = actor[1] or "as trained"
+        updates = actor[1] or "as trained"
         versus = "" if actor == actors[0] else (
             f"{difference['mean']:+.1f} [{difference['mean_ci'][0]:+.1f}, {difference['mean_ci'][1]:+.1f}] "
             f"[{difference['mean_t_ci'][0]:+.1f}, {difference['mean_t_ci'][1]:+.1f}]")
-        lines.append(f"| {actor[0]} | {steps} | " + " | ".join(f"{v:.1f}" for v in scores[actor]) +
+        lines.append(f"| {actor[0]} | {updates} | " + " | ".join(f"{v:.1f}" for v in scores[actor]) +
                      f" | {stats['mean']:.1f} [{stats['mean_ci'][0]:.1f}, {stats['mean_ci'][1]:.1f}] | "
                      f"{stats['iqm']:.1f} | {versus} |")
         rows.append({"variant": actor[0], "steps": actor[1], "seeds": seeds, "scores": scores[actor],

@@ -71,10 +71,10 @@ def main() -> None:
         print("| actions | count | share of actions | weight median | weight mean | share at the cap "
               "| share of all weight |")
         print("|---|---|---|---|---|---|---|")
-        for name, rows in (("real", ~imagined), ("imagined", imagined)):
-            print(f"| {name} | {rows.sum()} | {rows.mean():.1%} | {np.median(weights[rows]):.2f} | "
-                  f"{weights[rows].mean():.2f} | {(weights[rows] >= config.max_weight).mean():.1%} | "
-                  f"{weights[rows].sum() / weights.sum():.1%} |")
+        for name, kind in (("real", ~imagined), ("imagined", imagined)):
+            print(f"| {name} | {kind.sum()} | {kind.mean():.1%} | {np.median(weights[kind]):.2f} | "
+                  f"{weights[kind].mean():.2f} | {(weights[kind] >= config.max_weight).mean():.1%} | "
+                  f"{weights[kind].sum() / weights.sum():.1%} |")
 
 
 if __name__ == "__main__":
