@@ -9,7 +9,8 @@ critic and value are frozen, every data action's weight is computed once, and a 
 init key from the run's seed) is fitted for each ``--steps`` with IQL's learning rate, cosine decay and batch size:
 
 - ``gaussian``: IQL's own loss, the batch mean of w * -log pi(a|s) (tanh mean, state-independent log-std);
-- ``mse``: the batch mean of w * |a - mu(s)|^2, a deterministic head like stage 4's;
+- ``mse``: the batch mean of w * |a - mu(s)|^2, a deterministic head like stage 4's (summed over action dimensions
+  where stage 4 averages them: a constant factor);
 - ``mse-normalised``: sum w |a - mu(s)|^2 / sum w per batch, stage 4's normalisation.
 
 If ``gaussian`` at 30k scores near the IQL run, stage 4's gap is its transformer, head or normalisation; if it
@@ -58,7 +59,9 @@ def weighted_loss(variant: str, weights: jax.Array, mean: jax.Array, log_std: ja
     squared = ((actions - mean) ** 2).sum(-1)
     if variant == "mse":
         return (weights * squared).mean()
-    return (weights * squared).sum() / weights.sum()
+    if variant == "mse-normalised":
+        return (weights * squared).sum() / weights.sum()
+    raise ValueError(f"unknown variant {variant!r}: use one of {', '.join(VARIANTS)}.")
 
 
 def fit_actor(config: iql.Hyperparameters, fields: dict, act_dim: int, variant: str, steps: int, key: jax.Array
@@ -74,8 +77,9 @@ def fit_actor(config: iql.Hyperparameters, fields: dict, act_dim: int, variant: 
         params, opt_state = carry
         batch = sample_transitions(fields, step_key, config.batch_size)
 
-        def loss_fn(p):
-            mean, log_std = actor.apply(p, batch["observations"])
+        def loss_fn(p):  # dropout as in IQL's actor (its key apart from the batch's, so runs without keep their bits)
+            mean, log_std = actor.apply(p, batch["observations"], train=True,
+                                        rngs={"dropout": jax.random.fold_in(step_key, 1)})
             return weighted_loss(variant, batch["weights"], mean, log_std, batch["actions"])
 
         step = gradient_step(loss_fn, optimizer, params, opt_state)
@@ -87,16 +91,18 @@ def fit_actor(config: iql.Hyperparameters, fields: dict, act_dim: int, variant: 
         return params, losses[-1000:].mean()
 
     params, loss = train(params, train_key)
-    return {"actor": params, "final_loss": float(loss)}
+    return {"actor": params, "loss_last_1000": float(loss)}
 
 
 def combine(paths: list[str], docs: str | None) -> None:
     """One table from several seeds' ``--json`` files: printed, and written to DOCS.md and DOCS.json if given."""
     runs = sorted((json.loads(Path(path).read_text()) for path in paths), key=lambda run: run["seed"])
+    if len({run["seed"] for run in runs}) != len(runs):
+        raise SystemExit(f"--combine got two files of one seed ({[run['seed'] for run in runs]}): pass one per seed.")
     if len({run["dataset"] for run in runs}) != 1:
         raise SystemExit(f"--combine takes one dataset's runs; these are on {sorted({r['dataset'] for r in runs})}.")
     actor_key = lambda row: (row["variant"], None if row["variant"] == IQL_ACTOR else row["steps"])
-    actors = [actor_key(row) for row in runs[0]["rows"]]
+    actors = list(dict.fromkeys(actor_key(row) for run in runs for row in run["rows"]))
     scores = {actor: [] for actor in actors}
     for run in runs:
         by_actor = {actor_key(row): row["normalized_mean"] for row in run["rows"]}
@@ -107,9 +113,13 @@ def combine(paths: list[str], docs: str | None) -> None:
         for actor in actors:
             scores[actor].append(by_actor[actor])
     dataset, seeds = runs[0]["dataset"], [run["seed"] for run in runs]
-    reference = {dataset: scores[actors[0]]}
-    steps = " ".join(str(n) for n in sorted({actor[1] for actor in actors[1:]}))
-    variants = " ".join(dict.fromkeys(actor[0] for actor in actors[1:]))
+    iql_actor = (IQL_ACTOR, None)
+    if iql_actor not in scores:
+        raise SystemExit("--combine needs each file's row of the IQL run's own actor: make them with --json.")
+    reference = {dataset: scores[iql_actor]}
+    fitted = [actor for actor in actors if actor != iql_actor]
+    steps = " ".join(str(n) for n in sorted({actor[1] for actor in fitted}))
+    variants = " ".join(dict.fromkeys(actor[0] for actor in fitted))
     lines = [f"# Extraction from a frozen IQL critic ({dataset})", "",
              f"`{shlex.join(['python', *sys.argv])}`, over each seed's `IPDRL_DATASETS=../shared/datasets "
              f"python benchmarks/actor_extraction.py IQL_RUN --steps {steps} --variants {variants} --json FILE`. "
@@ -120,18 +130,18 @@ def combine(paths: list[str], docs: str | None) -> None:
              " | mean [95% CI] | IQM | − IQL's actor [bootstrap] [t] |",
              "|---|---|" + "---|" * len(seeds) + "---|---|---|"]
     rows = []
-    for actor in actors:
+    for actor in [iql_actor, *fitted]:
         values = {dataset: scores[actor]}
         stats, difference = summary(values), paired_difference(values, reference)
         updates = actor[1] or "as trained"
-        versus = "" if actor == actors[0] else (
+        versus = "" if actor == iql_actor else (
             f"{difference['mean']:+.1f} [{difference['mean_ci'][0]:+.1f}, {difference['mean_ci'][1]:+.1f}] "
             f"[{difference['mean_t_ci'][0]:+.1f}, {difference['mean_t_ci'][1]:+.1f}]")
         lines.append(f"| {actor[0]} | {updates} | " + " | ".join(f"{v:.1f}" for v in scores[actor]) +
                      f" | {stats['mean']:.1f} [{stats['mean_ci'][0]:.1f}, {stats['mean_ci'][1]:.1f}] | "
                      f"{stats['iqm']:.1f} | {versus} |")
         rows.append({"variant": actor[0], "steps": actor[1], "seeds": seeds, "scores": scores[actor],
-                     "summary": stats, "minus_iql_actor": None if actor == actors[0] else difference})
+                     "summary": stats, "minus_iql_actor": None if actor == iql_actor else difference})
     print("\n".join(lines))
     if docs:
         Path(docs).with_suffix(".md").write_text("\n".join(lines) + "\n")
@@ -150,9 +160,13 @@ def main() -> None:
     parser.add_argument("--json", help="also write the rows here")
     args = parser.parse_args()
     if args.combine:
+        if args.iql_run:
+            parser.error("give an IQL run directory or --combine, not both")
         return combine(args.combine, args.docs)
     if args.iql_run is None:
         parser.error("give an IQL run directory, or --combine with JSON files")
+    if args.docs:
+        parser.error("--docs goes with --combine (a single run writes --json)")
     if min(args.steps) < 1:
         raise SystemExit(f"--steps must be >= 1, got {args.steps}.")
     saved = Run.open(args.iql_run)
@@ -185,7 +199,7 @@ def main() -> None:
             seconds = time.perf_counter() - started
             result = score(fitted["actor"])
             rows.append({"variant": variant, "steps": steps, "normalized_mean": result["normalized_mean"],
-                         "normalized_std": result["normalized_std"], "final_loss": fitted["final_loss"],
+                         "normalized_std": result["normalized_std"], "loss_last_1000": fitted["loss_last_1000"],
                          "fit_seconds": seconds})
             print(f"  {variant} {steps}: {result['normalized_mean']:.1f} ({seconds:.0f} s)", flush=True)
 

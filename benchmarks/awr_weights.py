@@ -8,9 +8,10 @@ sample, and within random batches of as many actions as a stage-4 batch holds (b
 effective size means the weighted imitation loss follows a few actions per batch. Other temperatures show how the
 spread depends on it.
 
-``--augmented DATASET.hdf5`` (D_aug made with that IQL run: the stage-3 ``cache`` an IPD run's results.json
-names) splits the weights of D_aug's every action into real and imagined: how much of stage 4's weighted imitation
-the planner's actions take.
+``--augmented DATASET.hdf5`` (D_aug made with that IQL run: ``stages.augment.cache`` in an IPD run's
+results.json) splits the weights of D_aug's every action into real and imagined: how much of stage 4's weighted
+imitation the planner's actions take ("real" includes the real prefixes copied into the added episodes, which
+stage 4 imitates too).
 """
 
 from __future__ import annotations
