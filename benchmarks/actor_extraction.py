@@ -46,7 +46,7 @@ from ipdrl.optim import gradient_step
 from ipdrl.pipelines import prepare
 from ipdrl.runs import Run
 from ipdrl.statistics import paired_difference, summary
-from ipdrl.storage import atomic_write_json
+from ipdrl.storage import atomic_write_bytes, atomic_write_json
 
 VARIANTS = ("gaussian", "mse", "mse-normalised")
 IQL_ACTOR = "IQL run's actor"
@@ -144,7 +144,7 @@ def combine(paths: list[str], docs: str | None) -> None:
                      "summary": stats, "minus_iql_actor": None if actor == iql_actor else difference})
     print("\n".join(lines))
     if docs:
-        Path(docs).with_suffix(".md").write_text("\n".join(lines) + "\n")
+        atomic_write_bytes(Path(docs).with_suffix(".md"), ("\n".join(lines) + "\n").encode())
         atomic_write_json(Path(docs).with_suffix(".json"), {
             "command": shlex.join(["python", *sys.argv]), "dataset": dataset, "reference_table":
             runs[0]["reference_table"], "iql_runs": [run["iql_run"] for run in runs], "rows": rows})
