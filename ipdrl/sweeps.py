@@ -36,7 +36,8 @@ train together in one process (``ipdrl train --seeds``, ``map`` batching: bit-id
 compilation and one dataset load for all; docs/benchmarks/seeds-*.json measures it faster than separate
 processes), split into as many processes as it takes to give every worker one; IPD (several stages), other
 programs and methods whose flags name ``{seed}`` run one seed per process. Runs of IPD on one (dataset, seed) share
-stages 1-3 through ``<out>/.cache``; a distributed lock per (dataset, seed) keeps them from racing on it. By default
+stages 1-3 through ``<out>/.cache``, where a lock file per entry has one of them build it while the others wait
+(:mod:`ipdrl.algos.ipd_stages`), so that they run side by side once it is built. By default
 the tasks run on a ``LocalCluster`` bound to 127.0.0.1 with one single-threaded worker per core (``pin_cores``:
 each kept on its own cores, :class:`CoreShare`); ``scheduler`` (``tcp://HOST:PORT``) uses an existing cluster, whose
 workers must see the same file system.
@@ -159,8 +160,6 @@ class Task:
     budget: str
     run_dir: str
     command: tuple[str, ...]
-    lock: str | None = None
-    """Runs holding the same lock run one at a time (IPD runs sharing a stage cache)."""
     after: str | None = None
     """The method whose task (same dataset and seed) must finish first."""
     after_dir: str | None = None
@@ -347,7 +346,6 @@ def load(path: str | Path) -> Sweep:
 
 def tasks(sweep: Sweep) -> list[Task]:
     """Every run of the sweep, methods in order, then datasets, then seeds."""
-    out = Path(sweep.out)
     found = []
     for method in sweep.methods:
         budget = method.budget or sweep.budget
@@ -359,11 +357,9 @@ def tasks(sweep: Sweep) -> list[Task]:
                 else:
                     command = [*method.program, "--algo", method.algo, "--budget", budget, "--dataset", dataset,
                                "--seed", str(seed), "--run-dir", run_dir]
-                lock = f"ipdrl-cache:{out}:{dataset}:{seed}" if method.algo == "ipd" else None
                 after_dir = _run_dir(sweep, method.after, dataset, seed) if method.after else None
                 found.append(Task(method.name, method.algo, dataset, seed, budget, run_dir,
-                                  tuple(command + _flags(sweep, method, dataset, seed)), lock, method.after,
-                                  after_dir))
+                                  tuple(command + _flags(sweep, method, dataset, seed)), method.after, after_dir))
     return found
 
 
@@ -492,9 +488,7 @@ def run_job(job: Job, env: dict[str, str] | None = None, after: Any = None) -> l
             if task is not job.runs[0]:
                 with open(Path(task.run_dir) / "sweep.log", "a") as note:
                     note.write(f"\n$ {' '.join(job.command)}\n(trained with other seeds; output in {log_path})\n")
-        with _held(job.runs[0].lock):
-            if not job.done():
-                call_logged(job.command, log_path, env, job.label)
+        call_logged(job.command, log_path, env, job.label)
     return [run_row(task) for task in job.runs]
 
 
@@ -519,29 +513,6 @@ def call_logged(command: tuple[str, ...] | list[str], log_path: Path, env: dict[
     if code != 0:
         tail = log_path.read_text(errors="replace").splitlines()[-25:]
         raise RuntimeError(f"{label} failed (exit {code}); the end of {log_path}:\n" + "\n".join(tail))
-
-
-class _held:
-    """A distributed lock while a task runs on a Dask worker (nothing outside one)."""
-
-    def __init__(self, name: str | None):
-        self.lock = None
-        if name is not None:
-            try:
-                from distributed import Lock, get_worker
-
-                get_worker()
-                self.lock = Lock(name)
-            except (ImportError, ValueError):
-                self.lock = None
-
-    def __enter__(self):
-        if self.lock is not None:
-            self.lock.acquire()
-
-    def __exit__(self, *exc):
-        if self.lock is not None:
-            self.lock.release()
 
 
 def run_row(task: Task) -> dict[str, Any]:

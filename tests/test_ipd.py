@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import flax.serialization
@@ -177,6 +179,25 @@ def test_config_round_trips_through_config_json_and_rejects_bad_settings(tmp_pat
     assert presets.make_config(ipd, "antmaze-umaze-v2", "tiny").iql.expectile == 0.9
 
 
+def test_runs_sharing_a_cache_build_each_stage_once(first_run, tmp_path, monkeypatch):
+    """Two runs needing the same world model at once (a sweep's IPD rows of one seed): one trains it under the
+    entry's lock file, the other waits and loads it."""
+    folder, config, _ = first_run
+    dataset, trained, train = read_d4rl(config.dataset), [], ipd_stages.train_ensemble
+
+    def slow_train(*args):
+        trained.append(args)
+        time.sleep(1.0)  # long enough that the other run arrives while this one builds
+        return train(*args)
+
+    monkeypatch.setattr(ipd_stages, "train_ensemble", slow_train)
+    with ThreadPoolExecutor(2) as pool:
+        infos = list(pool.map(lambda _: ipd_stages.world_model_stage(config.ensemble, dataset, 0, False,
+                                                                     cache_dir=tmp_path)[1], range(2)))
+    assert len(trained) == 1 and sorted(info["cached"] for info in infos) == [False, True]
+    assert infos[0]["key"] == infos[1]["key"]
+
+
 def test_critic_finetuning_trains_the_critic_alongside_the_policy(first_run):
     folder, _, first = first_run
     config = tiny_config(folder, finetune_critic=True)
@@ -237,6 +258,35 @@ def test_advantage_weighting_weights_imitation_by_the_critics_awr_weights(first_
     np.testing.assert_allclose(action, candidates[q.argmax(0), np.arange(2)], rtol=1e-5, atol=1e-6)
     with pytest.raises(ValueError, match="--policy-samples adds candidates"):
         tiny_config(folder, policy_samples=3)
+
+
+def test_imagined_max_weight_caps_only_the_planners_actions(first_run, monkeypatch):
+    folder, _, _ = first_run
+    config = tiny_config(folder, action_weighting="advantage", batch_size=1024)
+    iql_state, data, labels, timesteps, _ = ipd.training_data(config, read_d4rl(config.dataset),
+                                                              Run.create(folder / "capped", {}), None)
+    imagined = augmentation.imagined_steps(data)
+
+    def first_step(config: ipd.Config) -> tuple[float, int]:
+        """The first update's weighted action MSE, and how many imagined steps its batch holds."""
+        learner = ipd.policy_learner(config, data, iql_state, labels, timesteps)
+        batch = learner.sample(to_device(learner.fields), jax.random.PRNGKey(1))
+        mse = jax.jit(learner.update)(learner.init(jax.random.PRNGKey(0)), batch, jax.random.PRNGKey(2))[1]
+        capped = np.isfinite(np.asarray(batch["weight_cap"])).sum() if "weight_cap" in batch else 0
+        return float(mse["train/action_mse"]), int(capped)
+
+    uncapped, _ = first_step(config)
+    near_zero, imagined_in_batch = first_step(dataclasses.replace(config, imagined_max_weight=1e-9))
+    assert imagined.any() and imagined_in_batch > 0
+    # A cap above every weight changes nothing; a cap near zero takes the imagined actions out of the loss, as if
+    # only the real steps (copied prefixes included) were learned from.
+    assert first_step(dataclasses.replace(config, imagined_max_weight=1e9))[0] == pytest.approx(uncapped, rel=1e-6)
+    monkeypatch.setattr(ipd, "loss_mask", lambda data, loss_on: ~imagined)
+    assert near_zero == pytest.approx(first_step(config)[0], rel=1e-4)
+    assert near_zero != pytest.approx(uncapped, rel=1e-3)
+    for wrong in ({"imagined_max_weight": 0.0}, {"imagined_max_weight": 1.0, "action_weighting": "none"}):
+        with pytest.raises(ValueError, match="--imagined-max-weight"):
+            tiny_config(folder, **wrong)
 
 
 def test_conditioning_like_dt_asks_for_dts_target_in_v_units():

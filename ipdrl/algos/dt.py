@@ -149,11 +149,12 @@ CRITIC_PREFIX = "critic/"
 
 
 def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnTokens | None = None, critic: Critic | None = None,
-                 alpha: float = 0.0, loss_mask: np.ndarray | None = None, own_critic: WindowCritic | None = None
-                 ) -> Learner:
+                 alpha: float = 0.0, loss_mask: np.ndarray | None = None, own_critic: WindowCritic | None = None,
+                 weight_cap: np.ndarray | None = None) -> Learner:
     """The sequence-policy learner. Defaults give the classic DT; IPD passes discounted value-unit ``returns``,
     its IQL ``critic`` and ``alpha`` (loss = MSE(a_hat, a) - alpha * Q(s, a_hat) / mean|Q|). ``loss_mask`` (one
     bool per transition) leaves the masked-out transitions in the windows as context but out of the loss.
+    ``weight_cap`` (one float per transition) caps each action's ``critic.action_weight`` at its own value.
     ``own_critic``: guide (and choose return candidates) by a critic of the policy's own actions trained alongside
     (:mod:`ipdrl.algos.window_critic`) instead of ``critic``'s Q; rewards in ``returns``' units."""
     returns = returns or classic_returns(config, dataset)
@@ -187,6 +188,12 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
         if len(loss_mask) != dataset.size:
             raise ValueError(f"loss_mask has {len(loss_mask)} entries for {dataset.size} transitions.")
         fields["learn"] = np.asarray(loss_mask, np.float32)
+    if weight_cap is not None:
+        if action_weight is None or len(weight_cap) != dataset.size:
+            raise ValueError(f"weight_cap caps a critic's action weights, one entry per transition: got "
+                             f"{len(weight_cap)} entries for {dataset.size} transitions"
+                             f"{'' if action_weight is not None else ' and no action weight'}.")
+        fields["weight_cap"] = np.asarray(weight_cap, np.float32)
     if finetune is not None:
         fields.update({CRITIC_PREFIX + k: v for k, v in finetune.fields.items()})
     if own_critic is not None:
@@ -238,8 +245,10 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
                    else (lambda actions: critic.q_value(critic_state, batch["observations"], actions)))
 
         # A weighted mean, so that alpha keeps its meaning whatever the weights' scale.
-        weighted_mask = mask if action_weight is None else mask * action_weight(
-            critic_state, batch["observations"], batch["actions"])
+        weighted_mask = mask
+        if action_weight is not None:
+            weights = action_weight(critic_state, batch["observations"], batch["actions"])
+            weighted_mask = mask * (jnp.minimum(weights, batch["weight_cap"]) if "weight_cap" in batch else weights)
 
         def member_step(params, opt_state, ema_params, dropout_key):
             """One transformer's update (vmapped over an ensemble's members)."""

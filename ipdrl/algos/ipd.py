@@ -109,6 +109,11 @@ class Config(RunConfig, dt.Hyperparameters):
     weight_temperature: float | None = None
     """Inverse temperature of --action-weighting advantage's weight exp(temperature * (Q - V)); default: stage 1's
     --iql.temperature (with --iql-run, that run's). Lower spreads the weight over more of the data's actions."""
+    imagined_max_weight: float | None = None
+    """--action-weighting advantage: cap the weight of the planner's (imagined) actions at this, below the cap of
+    real ones (--iql.max-weight). The planner chose them by the same Q that weights them, so uncapped they take a
+    far larger share of the weight than of the data (benchmarks/awr_weights.py --augmented); 1 counts none of them
+    above an action worth its state's value. Default: the same cap as real actions."""
     finetune_critic: bool = False
     """Keep training the critic (IQL's losses) on D_aug alongside the policy; default: frozen."""
     guidance_critic: Literal["iql", "own"] = "iql"
@@ -147,6 +152,10 @@ class Config(RunConfig, dt.Hyperparameters):
                 "--policy-samples adds candidates for stage 1's critic to choose among: use it with "
                 "--ensemble-action critic and --guidance-critic iql.")
         require(self.alpha >= 0, f"--alpha must be >= 0, got {self.alpha}.")
+        require(self.imagined_max_weight is None or (self.imagined_max_weight > 0
+                                                     and self.action_weighting == "advantage"),
+                f"--imagined-max-weight caps --action-weighting advantage's weights: it must be > 0 and needs "
+                f"--action-weighting advantage (got {self.imagined_max_weight}, {self.action_weighting!r}).")
         require(self.weight_temperature is None or self.weight_temperature >= 0,
                 f"--weight-temperature must be >= 0 (0 weighs every action alike), got {self.weight_temperature}.")
         require(self.return_discount is None or 0 < self.return_discount <= 1,
@@ -207,8 +216,10 @@ def policy_learner(config: Config, data: Dataset, iql_state: dict, labels: np.nd
                        proposals=(functools.partial(iql.policy_samples, config.iql, data.act_dim, config.policy_samples)
                                   if config.policy_samples else None))
     own = WindowCritic(config.own_critic, config.iql.discount) if config.guidance_critic == "own" else None
+    weight_cap = (np.where(augmentation.imagined_steps(data), config.imagined_max_weight, np.inf)
+                  if config.imagined_max_weight is not None else None)
     return dt.make_learner(config, data, returns, critic, config.alpha, loss_mask=loss_mask(data, config.loss_on),
-                           own_critic=own)
+                           own_critic=own, weight_cap=weight_cap)
 
 
 def weighting_settings(config: Config) -> iql.Hyperparameters:

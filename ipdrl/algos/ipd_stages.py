@@ -7,21 +7,25 @@
 With a cache directory each stage is stored under a key that hashes what it depends on: IQL by (dataset fingerprint,
 IQL settings, seed); the world model by (dataset fingerprint, ensemble settings, seed), or the digest of the file
 it was loaded from; the augmentation by (IQL key, world-model key, augmentation settings, seed). Every entry is
-written atomically and marked complete by the file written last.
+written atomically and marked complete by the file written last. Runs that share a cache (a sweep's IPD runs of one
+dataset and seed, or a run started by hand beside them) build each entry once: the first holds the entry's lock
+file while it builds, and the others wait for it and then load the entry.
 """
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import functools
 import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import jax
 import numpy as np
+from filelock import FileLock
 
 from ipdrl import augmentation
 from ipdrl.algos import iql
@@ -56,6 +60,14 @@ def file_digest(*paths: Path) -> str:
     return digest.hexdigest()[:16]
 
 
+@contextlib.contextmanager
+def building(entry: Path) -> Iterator[None]:
+    """Hold ``entry``'s lock file (``<entry>.lock``, beside it) while checking for the entry and building it."""
+    entry.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{entry}.lock"):
+        yield
+
+
 def value_functions(iql_config: iql.Hyperparameters, iql_state: dict, act_dim: int) -> ValueFunctions:
     """What augmentation needs from a trained IQL state: Q, V, the AWR policy, gamma and the reward scaling."""
     state = {k: iql_state[k] for k in ("critic_target", "value", "value_high", "actor", "obs_stats") if k in iql_state}
@@ -79,17 +91,18 @@ def value_stage(settings: iql.Hyperparameters, dataset: Dataset, run_config: Run
     learner = iql.make_learner(settings, dataset)
     info: dict[str, Any] = {"key": key}
     cache = Run(Path(cache_dir) / f"iql-{key}") if cache_dir is not None else None
-    if cache is not None:
-        info["cache"] = str(cache.path)
-        if cache.has_checkpoint("iql"):
-            state, _ = cache.load_checkpoint(jax.jit(learner.init)(jax.random.PRNGKey(run_config.seed)), "iql")
-            trained_in = json.loads((cache.path / "info.json").read_text())["run"]
-            return state, dict(info, cached=True, trained_in=trained_in)
-    started = time.perf_counter()
-    state = train_in_run(learner, settings, run_config, run, env_id, dataset.reference(), stage="iql_")
-    if cache is not None:
-        atomic_write_json(cache.path / "info.json", {"run": str(run.path), "settings": hashed_settings(settings)})
-        cache.save_checkpoint(state, settings.steps, "iql")  # last: a complete checkpoint marks the entry done
+    with building(cache.path) if cache is not None else contextlib.nullcontext():
+        if cache is not None:
+            info["cache"] = str(cache.path)
+            if cache.has_checkpoint("iql"):
+                state, _ = cache.load_checkpoint(jax.jit(learner.init)(jax.random.PRNGKey(run_config.seed)), "iql")
+                trained_in = json.loads((cache.path / "info.json").read_text())["run"]
+                return state, dict(info, cached=True, trained_in=trained_in)
+        started = time.perf_counter()
+        state = train_in_run(learner, settings, run_config, run, env_id, dataset.reference(), stage="iql_")
+        if cache is not None:
+            atomic_write_json(cache.path / "info.json", {"run": str(run.path), "settings": hashed_settings(settings)})
+            cache.save_checkpoint(state, settings.steps, "iql")  # last: a complete checkpoint marks the entry done
     return state, dict(info, cached=False, trained_in=str(run.path), seconds=time.perf_counter() - started)
 
 
@@ -130,12 +143,13 @@ def world_model_stage(config: EnsembleConfig, dataset: Dataset, seed: int, progr
     else:
         key = stage_key("world_model", dataset.fingerprint(), dataclasses.asdict(config), seed)
         path = Path(cache_dir) / f"world_model-{key}" / "model"
-    cached = common.model_exists(path)
-    if cached:
-        model, report = ensemble.load_model(path), json.loads(path.with_suffix(".json").read_text())["info"]
-    else:
-        model, report = train_ensemble(dataset, config, seed, progress)
-        ensemble.save_model(model, path, report)
+    with building(path):
+        cached = common.model_exists(path)
+        if cached:
+            model, report = ensemble.load_model(path), json.loads(path.with_suffix(".json").read_text())["info"]
+        else:
+            model, report = train_ensemble(dataset, config, seed, progress)
+            ensemble.save_model(model, path, report)
     key = key or "file-" + file_digest(path.with_suffix(".msgpack"), path.with_suffix(".json"))
     return model, {"key": key, "path": str(path), "cached": cached, "report": report}
 
@@ -148,14 +162,15 @@ def augmentation_stage(config: AugmentConfig, dataset: Dataset, values: ValueFun
     key = stage_key("augment", upstream, dataclasses.asdict(config), seed)
     folder = Path(cache_dir) / f"augment-{key}"
     info = {"key": key, "cache": str(folder / "dataset.hdf5")}
-    if (folder / "report.json").exists():
-        report = json.loads((folder / "report.json").read_text())
-        return read_d4rl(folder / "dataset.hdf5", dataset.name), dict(info, cached=True, report=report)
-    # An interrupted augmentation resumes from its progress file, and one with a new ratio continues from the
-    # batches that augmentations with other ratios (same inputs) rolled out: the files stay in the cache.
-    others = sorted(Path(cache_dir).glob("augment-*/progress.pkl"))
-    augmented, report = augmentation.augment(dataset, values, model, config, seed, progress, folder / "progress.pkl",
-                                             other_progress_files=others)
-    write_d4rl(augmented, folder / "dataset.hdf5", compression=None)  # a D4RL file: `--dataset` accepts it too
-    atomic_write_json(folder / "report.json", report)  # last: its presence marks a complete entry
+    with building(folder):
+        if (folder / "report.json").exists():
+            report = json.loads((folder / "report.json").read_text())
+            return read_d4rl(folder / "dataset.hdf5", dataset.name), dict(info, cached=True, report=report)
+        # An interrupted augmentation resumes from its progress file, and one with a new ratio continues from the
+        # batches that augmentations with other ratios (same inputs) rolled out: the files stay in the cache.
+        others = sorted(Path(cache_dir).glob("augment-*/progress.pkl"))
+        augmented, report = augmentation.augment(dataset, values, model, config, seed, progress,
+                                                 folder / "progress.pkl", other_progress_files=others)
+        write_d4rl(augmented, folder / "dataset.hdf5", compression=None)  # a D4RL file: `--dataset` accepts it too
+        atomic_write_json(folder / "report.json", report)  # last: its presence marks a complete entry
     return augmented, dict(info, cached=False, report=report)
