@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
@@ -179,23 +178,25 @@ def test_config_round_trips_through_config_json_and_rejects_bad_settings(tmp_pat
     assert presets.make_config(ipd, "antmaze-umaze-v2", "tiny").iql.expectile == 0.9
 
 
-def test_runs_sharing_a_cache_build_each_stage_once(first_run, tmp_path, monkeypatch):
-    """Two runs needing the same world model at once (a sweep's IPD rows of one seed): one trains it under the
-    entry's lock file, the other waits and loads it."""
+def test_runs_sharing_a_cache_build_each_stage_once(first_run, tmp_path, caplog):
+    """Two runs of one seed started at once on an empty cache (a sweep's IPD rows): one trains IQL and the world
+    model under their entries' lock files while the other waits and loads them; their augmentations differ only in
+    the ratio, so they take turns and the second continues from the batches the first rolled out."""
     folder, config, _ = first_run
-    dataset, trained, train = read_d4rl(config.dataset), [], ipd_stages.train_ensemble
+    dataset = read_d4rl(config.dataset)
 
-    def slow_train(*args):
-        trained.append(args)
-        time.sleep(1.0)  # long enough that the other run arrives while this one builds
-        return train(*args)
+    def stages(ratio: float) -> dict:
+        run_config = dataclasses.replace(config, cache_dir=str(tmp_path / "cache"),
+                                         augment=dataclasses.replace(config.augment, ratio=ratio))
+        return ipd.training_data(run_config, dataset, Run.create(tmp_path / f"run-{ratio}", {}), None)[4]
 
-    monkeypatch.setattr(ipd_stages, "train_ensemble", slow_train)
-    with ThreadPoolExecutor(2) as pool:
-        infos = list(pool.map(lambda _: ipd_stages.world_model_stage(config.ensemble, dataset, 0, False,
-                                                                     cache_dir=tmp_path)[1], range(2)))
-    assert len(trained) == 1 and sorted(info["cached"] for info in infos) == [False, True]
-    assert infos[0]["key"] == infos[1]["key"]
+    with caplog.at_level("INFO", logger="ipdrl"), ThreadPoolExecutor(2) as pool:
+        first, second = pool.map(stages, (0.11, 0.12))
+    for stage in ("iql", "world_model"):
+        assert sorted([first[stage]["cached"], second[stage]["cached"]]) == [False, True], stage
+        assert first[stage]["key"] == second[stage]["key"]
+    assert not first["augment"]["cached"] and not second["augment"]["cached"]
+    assert caplog.text.count("the same batches for another ratio") == 1
 
 
 def test_critic_finetuning_trains_the_critic_alongside_the_policy(first_run):
@@ -272,7 +273,8 @@ def test_imagined_max_weight_caps_only_the_planners_actions(first_run, monkeypat
         learner = ipd.policy_learner(config, data, iql_state, labels, timesteps)
         batch = learner.sample(to_device(learner.fields), jax.random.PRNGKey(1))
         mse = jax.jit(learner.update)(learner.init(jax.random.PRNGKey(0)), batch, jax.random.PRNGKey(2))[1]
-        capped = np.isfinite(np.asarray(batch["weight_cap"])).sum() if "weight_cap" in batch else 0
+        capped = (np.isfinite(np.asarray(batch["weight_cap"])) & (np.asarray(batch["mask"]) > 0)).sum() \
+            if "weight_cap" in batch else 0
         return float(mse["train/action_mse"]), int(capped)
 
     uncapped, _ = first_step(config)

@@ -21,7 +21,7 @@ import hashlib
 import json
 import time
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import jax
 import numpy as np
@@ -30,6 +30,7 @@ from filelock import FileLock
 from ipdrl import augmentation
 from ipdrl.algos import iql
 from ipdrl.augmentation import AugmentConfig, ValueFunctions
+from ipdrl.augmentation.progress import rollout_settings
 from ipdrl.config import RunConfig, config_from_json
 from ipdrl.data.d4rl import read_d4rl, write_d4rl
 from ipdrl.data.dataset import Dataset
@@ -61,11 +62,16 @@ def file_digest(*paths: Path) -> str:
 
 
 @contextlib.contextmanager
-def building(entry: Path) -> Iterator[None]:
-    """Hold ``entry``'s lock file (``<entry>.lock``, beside it) while checking for the entry and building it."""
-    entry.parent.mkdir(parents=True, exist_ok=True)
-    with FileLock(f"{entry}.lock"):
-        yield
+def building(lock: Path, built: Callable[[], bool]) -> Iterator[bool]:
+    """Yields whether the entry is still to be built, and if so holds ``<lock>.lock`` until the block ends: the
+    first of several runs builds it while the others wait, then find it built. A built entry is read without the
+    lock (each is marked complete by its file written last), so a read-only cache or model works."""
+    if built():
+        yield False
+        return
+    lock.parent.mkdir(parents=True, exist_ok=True)
+    with FileLock(f"{lock}.lock"):
+        yield not built()
 
 
 def value_functions(iql_config: iql.Hyperparameters, iql_state: dict, act_dim: int) -> ValueFunctions:
@@ -91,19 +97,20 @@ def value_stage(settings: iql.Hyperparameters, dataset: Dataset, run_config: Run
     learner = iql.make_learner(settings, dataset)
     info: dict[str, Any] = {"key": key}
     cache = Run(Path(cache_dir) / f"iql-{key}") if cache_dir is not None else None
-    with building(cache.path) if cache is not None else contextlib.nullcontext():
-        if cache is not None:
-            info["cache"] = str(cache.path)
-            if cache.has_checkpoint("iql"):
-                state, _ = cache.load_checkpoint(jax.jit(learner.init)(jax.random.PRNGKey(run_config.seed)), "iql")
-                trained_in = json.loads((cache.path / "info.json").read_text())["run"]
-                return state, dict(info, cached=True, trained_in=trained_in)
-        started = time.perf_counter()
-        state = train_in_run(learner, settings, run_config, run, env_id, dataset.reference(), stage="iql_")
-        if cache is not None:
-            atomic_write_json(cache.path / "info.json", {"run": str(run.path), "settings": hashed_settings(settings)})
-            cache.save_checkpoint(state, settings.steps, "iql")  # last: a complete checkpoint marks the entry done
-    return state, dict(info, cached=False, trained_in=str(run.path), seconds=time.perf_counter() - started)
+    if cache is not None:
+        info["cache"] = str(cache.path)
+    with (building(cache.path, lambda: cache.has_checkpoint("iql")) if cache is not None
+          else contextlib.nullcontext(True)) as missing:
+        if missing:
+            started = time.perf_counter()
+            state = train_in_run(learner, settings, run_config, run, env_id, dataset.reference(), stage="iql_")
+            if cache is not None:
+                atomic_write_json(cache.path / "info.json", {"run": str(run.path),
+                                                             "settings": hashed_settings(settings)})
+                cache.save_checkpoint(state, settings.steps, "iql")  # last: a complete checkpoint marks it done
+            return state, dict(info, cached=False, trained_in=str(run.path), seconds=time.perf_counter() - started)
+    state, _ = cache.load_checkpoint(jax.jit(learner.init)(jax.random.PRNGKey(run_config.seed)), "iql")
+    return state, dict(info, cached=True, trained_in=json.loads((cache.path / "info.json").read_text())["run"])
 
 
 def _iql_run(path: str | Path) -> Run:
@@ -143,15 +150,14 @@ def world_model_stage(config: EnsembleConfig, dataset: Dataset, seed: int, progr
     else:
         key = stage_key("world_model", dataset.fingerprint(), dataclasses.asdict(config), seed)
         path = Path(cache_dir) / f"world_model-{key}" / "model"
-    with building(path):
-        cached = common.model_exists(path)
-        if cached:
-            model, report = ensemble.load_model(path), json.loads(path.with_suffix(".json").read_text())["info"]
-        else:
+    with building(path, lambda: common.model_exists(path)) as missing:
+        if missing:
             model, report = train_ensemble(dataset, config, seed, progress)
             ensemble.save_model(model, path, report)
+    if not missing:
+        model, report = ensemble.load_model(path), json.loads(path.with_suffix(".json").read_text())["info"]
     key = key or "file-" + file_digest(path.with_suffix(".msgpack"), path.with_suffix(".json"))
-    return model, {"key": key, "path": str(path), "cached": cached, "report": report}
+    return model, {"key": key, "path": str(path), "cached": not missing, "report": report}
 
 
 # ---- stage 3: augmentation ----------------------------------------------------------------------------
@@ -162,15 +168,18 @@ def augmentation_stage(config: AugmentConfig, dataset: Dataset, values: ValueFun
     key = stage_key("augment", upstream, dataclasses.asdict(config), seed)
     folder = Path(cache_dir) / f"augment-{key}"
     info = {"key": key, "cache": str(folder / "dataset.hdf5")}
-    with building(folder):
-        if (folder / "report.json").exists():
-            report = json.loads((folder / "report.json").read_text())
-            return read_d4rl(folder / "dataset.hdf5", dataset.name), dict(info, cached=True, report=report)
-        # An interrupted augmentation resumes from its progress file, and one with a new ratio continues from the
-        # batches that augmentations with other ratios (same inputs) rolled out: the files stay in the cache.
-        others = sorted(Path(cache_dir).glob("augment-*/progress.pkl"))
-        augmented, report = augmentation.augment(dataset, values, model, config, seed, progress,
-                                                 folder / "progress.pkl", other_progress_files=others)
-        write_d4rl(augmented, folder / "dataset.hdf5", compression=None)  # a D4RL file: `--dataset` accepts it too
-        atomic_write_json(folder / "report.json", report)  # last: its presence marks a complete entry
-    return augmented, dict(info, cached=False, report=report)
+    # Augmentations that differ only in when they stop (the ratio, the passes) roll out the same batches: one lock
+    # for all of them, so that each continues from the batches the others saved instead of rolling them out again.
+    batches = stage_key("augment-batches", upstream, rollout_settings(config), seed)
+    with building(Path(cache_dir) / f"augment-batches-{batches}", (folder / "report.json").exists) as missing:
+        if missing:
+            # An interrupted augmentation resumes from its progress file, and one with a new ratio continues from
+            # the batches that augmentations with other ratios (same inputs) rolled out: the files stay in the cache.
+            others = sorted(Path(cache_dir).glob("augment-*/progress.pkl"))
+            augmented, report = augmentation.augment(dataset, values, model, config, seed, progress,
+                                                     folder / "progress.pkl", other_progress_files=others)
+            write_d4rl(augmented, folder / "dataset.hdf5", compression=None)  # a D4RL file: `--dataset` takes it
+            atomic_write_json(folder / "report.json", report)  # last: its presence marks a complete entry
+            return augmented, dict(info, cached=False, report=report)
+    report = json.loads((folder / "report.json").read_text())
+    return read_d4rl(folder / "dataset.hdf5", dataset.name), dict(info, cached=True, report=report)

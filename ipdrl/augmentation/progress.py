@@ -31,6 +31,15 @@ class Progress(NamedTuple):
     seconds: float             # time spent in earlier attempts
 
 
+NOT_ROLLOUT_SETTINGS = ("ratio", "max_passes", "prefix_length", "attach")
+"""The ratio and passes only say when to stop; the prefix and attach mode only how segments become episodes."""
+
+
+def rollout_settings(config: AugmentConfig) -> dict:
+    """The settings that decide the batches rolled out: augmentations that agree on them share batches."""
+    return {k: v for k, v in dataclasses.asdict(config).items() if k not in NOT_ROLLOUT_SETTINGS}
+
+
 def signature(config: AugmentConfig, seed: int, dataset: Dataset, kappa: float, candidates: np.ndarray,
                         model: EnsembleModel) -> dict:
     """What the batches depend on (not the ratio or the number of passes, which only say when to stop): the branch
@@ -38,10 +47,7 @@ def signature(config: AugmentConfig, seed: int, dataset: Dataset, kappa: float, 
     digest = hashlib.sha256(candidates.tobytes())
     for leaf in jax.tree_util.tree_leaves(model["params"]):
         digest.update(np.asarray(leaf).tobytes())
-    # The ratio and passes only say when to stop; the prefix and attach mode only how segments become episodes.
-    unused = ("ratio", "max_passes", "prefix_length", "attach")
-    settings = {k: v for k, v in dataclasses.asdict(config).items() if k not in unused}
-    return {"config": settings, "seed": seed, "size": dataset.size, "kappa": kappa, "inputs": digest.hexdigest()}
+    return {"config": rollout_settings(config), "seed": seed, "size": dataset.size, "kappa": kappa, "inputs": digest.hexdigest()}
 
 
 def load(path: Path, signature: dict, warn: bool) -> Progress | None:
