@@ -11,7 +11,8 @@ spread depends on it.
 ``--augmented DATASET.hdf5`` (D_aug made with that IQL run: ``stages.augment.cache`` in an IPD run's
 results.json) splits the weights of D_aug's every action into real and imagined: how much of stage 4's weighted
 imitation the planner's actions take ("real" includes the real prefixes copied into the added episodes, which
-stage 4 imitates too).
+stage 4 imitates too). ``--imagined-max-weight W`` adds the same split with the imagined actions' weights capped at
+W, as ``ipdrl train --algo ipd --imagined-max-weight W`` caps them.
 """
 
 from __future__ import annotations
@@ -39,6 +40,8 @@ def main() -> None:
     parser.add_argument("--transitions", type=int, default=200_000, help="sample size")
     parser.add_argument("--batch-actions", type=int, default=640, help="actions in one stage-4 batch (64 x K 10)")
     parser.add_argument("--augmented", help="an IPD stage-3 cache's dataset.hdf5 made with this IQL run")
+    parser.add_argument("--imagined-max-weight", type=float,
+                        help="with --augmented: also split the weights with the imagined ones capped at this")
     parser.add_argument("--temperatures", type=float, nargs="*", default=[1.0, 3.0],
                         help="other temperatures to compare with the run's own")
     args = parser.parse_args()
@@ -68,15 +71,18 @@ def main() -> None:
             imagined = file["infos/imagined"][:].astype(bool)
             weights = np.asarray(iql.advantage_weight(config, advantage_of(file["observations"][:],
                                                                            file["actions"][:])))
-        print(f"\nD_aug {args.augmented}, at the run's temperature {config.temperature:g}:")
-        print("| actions | count | share of actions | weight median | weight mean | share at the cap "
-              "| share of all weight |")
-        print("|---|---|---|---|---|---|---|")
-        for name, kind in (("real", ~imagined), ("imagined", imagined)):
-            print(f"| {name} | {kind.sum()} | {kind.mean():.1%} | {np.median(weights[kind]):.2f} | "
-                  f"{weights[kind].mean():.2f} | {(weights[kind] >= config.max_weight).mean():.1%} | "
-                  f"{weights[kind].sum() / weights.sum():.1%} |")
-
+        caps = [None] + ([args.imagined_max_weight] if args.imagined_max_weight is not None else [])
+        for cap in caps:
+            capped = weights if cap is None else np.where(imagined, np.minimum(weights, cap), weights)
+            print(f"\nD_aug {args.augmented}, at the run's temperature {config.temperature:g}"
+                  + ("" if cap is None else f", imagined actions' weight capped at {cap:g}") + ":")
+            print("| actions | count | share of actions | weight median | weight mean | share at the cap "
+                  "| share of all weight |")
+            print("|---|---|---|---|---|---|---|")
+            for name, kind in (("real", ~imagined), ("imagined", imagined)):
+                print(f"| {name} | {kind.sum()} | {kind.mean():.1%} | {np.median(capped[kind]):.2f} | "
+                      f"{capped[kind].mean():.2f} | {(weights[kind] >= config.max_weight).mean():.1%} | "
+                      f"{capped[kind].sum() / capped.sum():.1%} |")
 
 if __name__ == "__main__":
     main()
