@@ -168,13 +168,12 @@ def augmentation_stage(config: AugmentConfig, dataset: Dataset, values: ValueFun
     key = stage_key("augment", upstream, dataclasses.asdict(config), seed)
     folder = Path(cache_dir) / f"augment-{key}"
     info = {"key": key, "cache": str(folder / "dataset.hdf5")}
-    # Augmentations that differ only in when they stop (the ratio, the passes) roll out the same batches: one lock
-    # for all of them, so that each continues from the batches the others saved instead of rolling them out again.
+    # An interrupted augmentation resumes from its progress file, and one with another ratio or number of passes
+    # continues from the batches the others rolled out (the files stay in the cache). They share one lock, so that
+    # started together they take turns instead of rolling out the same batches side by side.
     batches = stage_key("augment-batches", upstream, rollout_settings(config), seed)
     with building(Path(cache_dir) / f"augment-batches-{batches}", (folder / "report.json").exists) as missing:
         if missing:
-            # An interrupted augmentation resumes from its progress file, and one with a new ratio continues from
-            # the batches that augmentations with other ratios (same inputs) rolled out: the files stay in the cache.
             others = sorted(Path(cache_dir).glob("augment-*/progress.pkl"))
             augmented, report = augmentation.augment(dataset, values, model, config, seed, progress,
                                                      folder / "progress.pkl", other_progress_files=others)

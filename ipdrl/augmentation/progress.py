@@ -47,7 +47,8 @@ def signature(config: AugmentConfig, seed: int, dataset: Dataset, kappa: float, 
     digest = hashlib.sha256(candidates.tobytes())
     for leaf in jax.tree_util.tree_leaves(model["params"]):
         digest.update(np.asarray(leaf).tobytes())
-    return {"config": rollout_settings(config), "seed": seed, "size": dataset.size, "kappa": kappa, "inputs": digest.hexdigest()}
+    return {"config": rollout_settings(config), "seed": seed, "size": dataset.size, "kappa": kappa,
+            "inputs": digest.hexdigest()}
 
 
 def load(path: Path, signature: dict, warn: bool) -> Progress | None:
