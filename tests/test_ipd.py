@@ -286,7 +286,8 @@ def test_imagined_max_weight_caps_only_the_planners_actions(first_run, monkeypat
     monkeypatch.setattr(ipd, "loss_mask", lambda data, loss_on: ~imagined)
     assert near_zero == pytest.approx(first_step(config)[0], rel=1e-4)
     assert near_zero != pytest.approx(uncapped, rel=1e-3)
-    for wrong in ({"imagined_max_weight": 0.0}, {"imagined_max_weight": 1.0, "action_weighting": "none"}):
+    for wrong in ({"imagined_max_weight": 0.0}, {"imagined_max_weight": 1.0, "action_weighting": "none"},
+                  {"imagined_max_weight": 1.0, "augment": {"ratio": 0.0}}):
         with pytest.raises(ValueError, match="--imagined-max-weight"):
             tiny_config(folder, **wrong)
 

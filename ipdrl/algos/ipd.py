@@ -156,6 +156,9 @@ class Config(RunConfig, dt.Hyperparameters):
                                                      and self.action_weighting == "advantage"),
                 f"--imagined-max-weight caps --action-weighting advantage's weights: it must be > 0 and needs "
                 f"--action-weighting advantage (got {self.imagined_max_weight}, {self.action_weighting!r}).")
+        require(self.imagined_max_weight is None or self.augment.ratio > 0,
+                "--imagined-max-weight caps the imagined actions' weights, and --augment.ratio 0 makes none: drop "
+                "one of them.")
         require(self.weight_temperature is None or self.weight_temperature >= 0,
                 f"--weight-temperature must be >= 0 (0 weighs every action alike), got {self.weight_temperature}.")
         require(self.return_discount is None or 0 < self.return_discount <= 1,
