@@ -84,5 +84,6 @@ def main() -> None:
                       f"{capped[kind].mean():.2f} | {(weights[kind] >= config.max_weight).mean():.1%} | "
                       f"{capped[kind].sum() / capped.sum():.1%} |")
 
+
 if __name__ == "__main__":
     main()

@@ -189,10 +189,10 @@ def make_learner(config: Hyperparameters, dataset: Dataset, returns: ReturnToken
             raise ValueError(f"loss_mask has {len(loss_mask)} entries for {dataset.size} transitions.")
         fields["learn"] = np.asarray(loss_mask, np.float32)
     if weight_cap is not None:
-        if action_weight is None or len(weight_cap) != dataset.size:
-            raise ValueError(f"weight_cap caps a critic's action weights, one entry per transition: got "
-                             f"{len(weight_cap)} entries for {dataset.size} transitions"
-                             f"{'' if action_weight is not None else ' and no action weight'}.")
+        if action_weight is None:
+            raise ValueError("weight_cap caps a critic's action weights, and this critic gives none.")
+        if len(weight_cap) != dataset.size:
+            raise ValueError(f"weight_cap has {len(weight_cap)} entries for {dataset.size} transitions.")
         fields["weight_cap"] = np.asarray(weight_cap, np.float32)
     if finetune is not None:
         fields.update({CRITIC_PREFIX + k: v for k, v in finetune.fields.items()})
